@@ -1,0 +1,590 @@
+//! Typed `user.*` events and the JSON envelope they travel in (the wire contract).
+//!
+//! Every message body is an [`Envelope`]: `event_id`, `event_type`, `timestamp`,
+//! `source`, `user_id` and the event's `data`. `event_id` and `timestamp` are
+//! optional on input (payloads written before warren have neither) and filled
+//! in on parse. Unknown fields are ignored.
+//!
+//! # Adding an event type
+//!
+//! One struct and one line. Define the payload and implement [`Event`]:
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use warren::event::{Event, ValidationError};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! pub struct UserPasswordReset {
+//!     pub user_id: i64,
+//!     pub requested_at: chrono::DateTime<chrono::Utc>,
+//! }
+//!
+//! impl Event for UserPasswordReset {
+//!     const TYPE: &'static str = "user.password_reset";
+//!     fn user_id(&self) -> i64 { self.user_id }
+//! }
+//! ```
+//!
+//! then add `EventType::of::<UserPasswordReset>()` to [`EVENT_TYPES`] so the
+//! CLI, the ingress and the topology know it. Consumers handle it with
+//! `.on::<UserPasswordReset>(handler)`.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A typed event payload: the `data` object of an [`Envelope`].
+pub trait Event: Serialize + DeserializeOwned + fmt::Debug + Clone + Send + Sync + 'static {
+    /// The event type, also the routing key: `user.registered`.
+    const TYPE: &'static str;
+
+    /// The `user_id` inside `data`, which must equal the envelope's.
+    fn user_id(&self) -> i64;
+
+    /// Checks beyond what the types enforce.
+    ///
+    /// # Errors
+    ///
+    /// A [`ValidationError`] naming the offending field.
+    fn validate(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}
+
+/// `user.registered`: a new account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRegistered {
+    pub user_id: i64,
+    pub username: String,
+    pub email: String,
+    pub registration_timestamp: DateTime<Utc>,
+}
+
+impl Event for UserRegistered {
+    const TYPE: &'static str = "user.registered";
+
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.username.trim().is_empty() {
+            return Err(ValidationError::new("data.username", "must not be empty"));
+        }
+        if !looks_like_email(&self.email) {
+            return Err(ValidationError::new(
+                "data.email",
+                format!("{:?} is not an e-mail address", truncate(&self.email, 64)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `user.login`: a successful sign-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserLogin {
+    pub user_id: i64,
+    pub username: String,
+    pub email: String,
+    pub login_timestamp: DateTime<Utc>,
+    /// IPv4 or IPv6; anything else fails to parse.
+    pub ip_address: IpAddr,
+}
+
+impl Event for UserLogin {
+    const TYPE: &'static str = "user.login";
+
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        if !looks_like_email(&self.email) {
+            return Err(ValidationError::new(
+                "data.email",
+                format!("{:?} is not an e-mail address", truncate(&self.email, 64)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The event types warren knows, in one place: the CLI, the ingress, the
+/// topology and the consumer's "unhandled" check all read this list.
+pub const EVENT_TYPES: &[EventType] = &[
+    EventType::of::<UserRegistered>(),
+    EventType::of::<UserLogin>(),
+];
+
+/// A known event type, usable without knowing its Rust type.
+#[derive(Clone, Copy)]
+pub struct EventType {
+    /// `event_type` / routing key.
+    pub name: &'static str,
+    check: fn(&serde_json::Value) -> Result<i64, ValidationError>,
+}
+
+impl fmt::Debug for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl EventType {
+    /// The dynamic handle of a typed event.
+    #[must_use]
+    pub const fn of<E: Event>() -> Self {
+        Self {
+            name: E::TYPE,
+            check: check_data::<E>,
+        }
+    }
+
+    /// Looks up a known event type by name.
+    #[must_use]
+    pub fn find(name: &str) -> Option<Self> {
+        EVENT_TYPES.iter().copied().find(|t| t.name == name)
+    }
+
+    /// The names of every known type, comma separated (for error messages).
+    #[must_use]
+    pub fn known_names() -> String {
+        EVENT_TYPES
+            .iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Validates `data` as this type, returning its `user_id`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ValidationError`] naming the field that is missing, mistyped or invalid.
+    pub fn check(&self, data: &serde_json::Value) -> Result<i64, ValidationError> {
+        (self.check)(data)
+    }
+}
+
+fn check_data<E: Event>(data: &serde_json::Value) -> Result<i64, ValidationError> {
+    let typed: E = serde_path_to_error::deserialize(data).map_err(|e| {
+        let path = e.path().to_string();
+        ValidationError::from_serde("data", &path, e.inner())
+    })?;
+    typed.validate()?;
+    Ok(typed.user_id())
+}
+
+/// The message body: metadata plus the typed payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<E> {
+    /// Idempotency key; a UUIDv7 is made when the input has none.
+    #[serde(default = "Uuid::now_v7")]
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// When the event happened; now when the input has none.
+    #[serde(default = "now")]
+    pub timestamp: DateTime<Utc>,
+    pub source: String,
+    pub user_id: i64,
+    pub data: E,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
+impl<E: Event> Envelope<E> {
+    /// A new envelope with a fresh UUIDv7 and the current time.
+    #[must_use]
+    pub fn new(source: impl Into<String>, data: E) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event_type: E::TYPE.to_owned(),
+            timestamp: now(),
+            source: source.into(),
+            user_id: data.user_id(),
+            data,
+        }
+    }
+
+    /// Parses and validates a body as this event type.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Malformed`] when the body is not JSON, [`DecodeError::Invalid`]
+    /// when it is JSON but not a valid `E` envelope.
+    pub fn from_slice(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let env: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                DecodeError::Malformed(inner.to_string())
+            } else {
+                DecodeError::Invalid(ValidationError::from_serde("", &path, &inner))
+            }
+        })?;
+        de.end()
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        env.validate()?;
+        Ok(env)
+    }
+
+    /// Checks the envelope beyond its types.
+    ///
+    /// # Errors
+    ///
+    /// A [`ValidationError`] naming the field.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.event_type != E::TYPE {
+            return Err(ValidationError::new(
+                "event_type",
+                format!(
+                    "is {:?}, expected {:?}",
+                    truncate(&self.event_type, 64),
+                    E::TYPE
+                ),
+            ));
+        }
+        check_common(&self.source, self.user_id, self.data.user_id())?;
+        self.data.validate()
+    }
+}
+
+fn check_common(source: &str, user_id: i64, data_user_id: i64) -> Result<(), ValidationError> {
+    if source.trim().is_empty() {
+        return Err(ValidationError::new("source", "must not be empty"));
+    }
+    if user_id != data_user_id {
+        return Err(ValidationError::new(
+            "data.user_id",
+            format!("is {data_user_id} but the envelope's user_id is {user_id}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An envelope whose `data` is not yet typed: what the ingress and the CLI
+/// receive before they know which [`EventType`] it is.
+pub type RawEnvelope = Envelope<serde_json::Value>;
+
+impl RawEnvelope {
+    /// A new untyped envelope with a fresh UUIDv7 and the current time;
+    /// call [`RawEnvelope::check_known`] before publishing it.
+    #[must_use]
+    pub fn new_raw(
+        event_type: String,
+        source: String,
+        user_id: i64,
+        data: serde_json::Value,
+    ) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event_type,
+            timestamp: now(),
+            source,
+            user_id,
+            data,
+        }
+    }
+
+    /// Parses a body of any known event type and validates it as that type.
+    ///
+    /// # Errors
+    ///
+    /// Malformed JSON, an unknown `event_type`, or a field that fails validation.
+    pub fn parse_known(body: &[u8]) -> Result<(Self, EventType), DecodeError> {
+        let env: Self =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
+                .map_err(|e| {
+                    let path = e.path().to_string();
+                    let inner = e.into_inner();
+                    if inner.is_syntax() || inner.is_eof() {
+                        DecodeError::Malformed(inner.to_string())
+                    } else {
+                        DecodeError::Invalid(ValidationError::from_serde("", &path, &inner))
+                    }
+                })?;
+        let kind = env.check_known()?;
+        Ok((env, kind))
+    }
+
+    /// Validates `data` as the type `event_type` names.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::UnknownType`] or [`DecodeError::Invalid`].
+    pub fn check_known(&self) -> Result<EventType, DecodeError> {
+        let kind = EventType::find(&self.event_type)
+            .ok_or_else(|| DecodeError::UnknownType(truncate(&self.event_type, 128).to_owned()))?;
+        let data_user_id = kind.check(&self.data)?;
+        check_common(&self.source, self.user_id, data_user_id)?;
+        Ok(kind)
+    }
+}
+
+/// Why a body could not become a typed event. All of these are permanent.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON (or not UTF-8, or trailing garbage).
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    /// JSON, but a field is missing, mistyped or invalid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// An `event_type` warren has no type for.
+    #[error("unknown event_type {0:?} (known: {known})", known = EventType::known_names())]
+    UnknownType(String),
+}
+
+/// A field that failed validation, named by its JSON path (`data.email`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid field `{field}`: {reason}")]
+pub struct ValidationError {
+    /// JSON path of the field, e.g. `data.ip_address`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ValidationError {
+    /// A validation error for `field`.
+    #[must_use]
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn from_serde(prefix: &str, path: &str, err: &serde_json::Error) -> Self {
+        let msg = err.to_string();
+        // serde names a missing field in its message, not in the path.
+        let missing = msg
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_owned);
+        let mut field = String::from(prefix);
+        for part in [path, missing.as_deref().unwrap_or("")] {
+            if !part.is_empty() && part != "." {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(part);
+            }
+        }
+        if field.is_empty() {
+            field.push('.');
+        }
+        // Drop serde's " at line 1 column 12": the field is named already.
+        let reason = if missing.is_some() {
+            "is required".to_owned()
+        } else {
+            msg.find(" at line ")
+                .map_or(msg.clone(), |i| msg[..i].to_owned())
+        };
+        Self { field, reason }
+    }
+}
+
+/// A deliberately small check: one `@`, something before it, a dotted domain
+/// after it, no spaces. Deliverability is the mail server's business.
+#[must_use]
+pub fn looks_like_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s.chars().any(char::is_whitespace)
+        && s.len() <= 254
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+#[must_use]
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SEED_REGISTERED: &str = r#"{
+        "event_type": "user.registered",
+        "timestamp": "2025-01-20T10:30:00Z",
+        "source": "django-backend",
+        "user_id": 123,
+        "data": {
+            "user_id": 123,
+            "username": "john_doe",
+            "email": "john@example.com",
+            "registration_timestamp": "2025-01-20T10:30:00Z"
+        }
+    }"#;
+
+    pub(crate) const SEED_LOGIN: &str = r#"{
+        "event_type": "user.login",
+        "timestamp": "2025-01-20T10:35:00Z",
+        "source": "django-backend",
+        "user_id": 123,
+        "data": {
+            "user_id": 123,
+            "username": "john_doe",
+            "email": "john@example.com",
+            "login_timestamp": "2025-01-20T10:35:00Z",
+            "ip_address": "192.168.1.100"
+        }
+    }"#;
+
+    #[test]
+    fn seed_payloads_parse_as_they_are() {
+        let reg = Envelope::<UserRegistered>::from_slice(SEED_REGISTERED.as_bytes()).unwrap();
+        assert_eq!(reg.data.username, "john_doe");
+        assert_eq!(reg.timestamp.to_rfc3339(), "2025-01-20T10:30:00+00:00");
+        assert_eq!(
+            reg.event_id.get_version_num(),
+            7,
+            "a missing event_id is filled with a v7"
+        );
+        let login = Envelope::<UserLogin>::from_slice(SEED_LOGIN.as_bytes()).unwrap();
+        assert_eq!(
+            login.data.ip_address,
+            "192.168.1.100".parse::<IpAddr>().unwrap()
+        );
+        let (raw, kind) = RawEnvelope::parse_known(SEED_LOGIN.as_bytes()).unwrap();
+        assert_eq!(kind.name, "user.login");
+        assert_eq!(raw.user_id, 123);
+    }
+
+    #[test]
+    fn event_id_given_is_kept_and_round_trips() {
+        let body = SEED_REGISTERED.replacen(
+            '{',
+            r#"{"event_id":"01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a","#,
+            1,
+        );
+        let env = Envelope::<UserRegistered>::from_slice(body.as_bytes()).unwrap();
+        assert_eq!(
+            env.event_id.to_string(),
+            "01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a"
+        );
+        let again =
+            Envelope::<UserRegistered>::from_slice(&serde_json::to_vec(&env).unwrap()).unwrap();
+        assert_eq!(again, env);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let body = SEED_LOGIN.replace(r#""ip_address""#, r#""device": {"os": "x"}, "ip_address""#);
+        assert!(Envelope::<UserLogin>::from_slice(body.as_bytes()).is_ok());
+    }
+
+    fn invalid_field(body: &str) -> String {
+        match RawEnvelope::parse_known(body.as_bytes()) {
+            Err(DecodeError::Invalid(v)) => v.field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert_eq!(
+            invalid_field(&SEED_REGISTERED.replace("john@example.com", "nope")),
+            "data.email"
+        );
+        assert_eq!(
+            invalid_field(&SEED_LOGIN.replace("192.168.1.100", "300.1.1.1")),
+            "data.ip_address"
+        );
+        assert_eq!(
+            invalid_field(&SEED_LOGIN.replace(
+                "\"user_id\": 123,\n            \"username\"",
+                "\"user_id\": 124,\n            \"username\""
+            )),
+            "data.user_id"
+        );
+        assert_eq!(
+            invalid_field(&SEED_REGISTERED.replace("\"username\": \"john_doe\",", "")),
+            "data.username"
+        );
+        assert_eq!(
+            invalid_field(&SEED_REGISTERED.replace(
+                "\"user_id\": 123,\n        \"data\"",
+                "\"user_id\": \"x\",\n        \"data\""
+            )),
+            "user_id"
+        );
+        assert_eq!(
+            invalid_field(
+                &SEED_REGISTERED.replace("\"2025-01-20T10:30:00Z\"\n        }", "12\n        }")
+            ),
+            "data.registration_timestamp"
+        );
+    }
+
+    #[test]
+    fn ipv6_is_accepted() {
+        let body = SEED_LOGIN.replace("192.168.1.100", "2001:db8::1");
+        assert!(Envelope::<UserLogin>::from_slice(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn malformed_and_unknown_are_distinct() {
+        assert!(matches!(
+            RawEnvelope::parse_known(b"{not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            RawEnvelope::parse_known(b"\xff\xfe"),
+            Err(DecodeError::Malformed(_))
+        ));
+        let other = SEED_LOGIN.replace("\"user.login\"", "\"user.deleted\"");
+        let err = RawEnvelope::parse_known(other.as_bytes()).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownType(ref t) if t == "user.deleted"));
+        assert!(
+            err.to_string().contains("user.registered, user.login"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn typed_parse_rejects_other_type() {
+        let err = Envelope::<UserRegistered>::from_slice(SEED_LOGIN.as_bytes()).unwrap_err();
+        assert!(matches!(err, DecodeError::Invalid(_)), "{err:?}");
+    }
+
+    #[test]
+    fn email_check() {
+        for ok in ["a@b.co", "john.doe+x@mail.example.com"] {
+            assert!(looks_like_email(ok), "{ok}");
+        }
+        for bad in [
+            "nope", "@b.co", "a@b", "a@@b.co", "a b@c.de", "a@.com", "a@com.",
+        ] {
+            assert!(!looks_like_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,25 @@
+//! warren: typed `user.*` events between services over RabbitMQ.
+//!
+//! Producers publish JSON envelopes to a topic exchange with publisher
+//! confirms; consumer services receive them on durable per-type queues, hand
+//! each to a typed handler, retry failures through delay queues and park the
+//! hopeless ones in dead-letter queues.
+//!
+//! # Layout
+//!
+//! - [`event`]: the wire contract: [`Envelope`], the [`Event`] trait, the known types.
+//! - [`config`]: layered [`Settings`] (defaults < `warren.toml` < `.env` < environment).
+//! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
+//! - [`amqp`]: connecting (named connections, heartbeats, URL redaction).
+//! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
+
+pub mod amqp;
+pub mod config;
+pub mod event;
+pub mod publisher;
+pub mod topology;
+
+pub use config::Settings;
+pub use event::{Envelope, Event, UserLogin, UserRegistered};
+pub use publisher::{PublishError, Publisher};
+pub use topology::Topology;

@@ -1,0 +1,158 @@
+//! The `warren` binary from the shell: publish, topology, config.
+
+mod support;
+
+use std::process::{Command, Output};
+
+fn warren(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = std::env::temp_dir().join(support::unique("cli"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+    cmd.args(args)
+        .current_dir(&dir)
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run warren")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const DATA: &str = r#"{"user_id":7,"username":"ann","email":"ann@example.com","registration_timestamp":"2025-01-20T10:30:00Z"}"#;
+
+#[tokio::test]
+async fn publish_prints_the_event_id_of_a_message_in_the_work_queue() {
+    let conn = support::connect().await;
+    let s = support::settings("cli", false);
+    let topology = support::declare(&conn, &s).await;
+    let env = [("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str())];
+    let out = warren(
+        &[
+            "publish",
+            "user.registered",
+            "--data",
+            DATA,
+            "--source",
+            "cli-test",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let id: uuid::Uuid = text(&out.stdout).trim().parse().expect("a UUID on stdout");
+    assert_eq!(id.get_version_num(), 7);
+
+    let ch = conn.create_channel().await.unwrap();
+    let got = support::drain(&ch, &topology.work_queue("user.registered")).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].properties.message_id().as_ref().unwrap().as_str(),
+        id.to_string()
+    );
+    assert_eq!(got[0].properties.delivery_mode(), &Some(2));
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn invalid_input_fails_with_one_line_naming_the_cause_and_publishes_nothing() {
+    let conn = support::connect().await;
+    let s = support::settings("cli-bad", false);
+    let topology = support::declare(&conn, &s).await;
+    let env = [("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str())];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "publish",
+                "user.registered",
+                "--data",
+                &DATA.replace("ann@example.com", "nope"),
+            ],
+            "data.email",
+        ),
+        (
+            &["publish", "user.deleted", "--data", DATA],
+            "unknown event type",
+        ),
+        (
+            &["publish", "user.registered", "--data", "{oops"],
+            "not valid JSON",
+        ),
+        (
+            &["publish", "user.login", "--data", DATA],
+            "data.login_timestamp",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = warren(args, &env);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr {err:?} lacks {needle:?}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+        assert!(out.stdout.is_empty());
+    }
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(
+        support::ready(&ch, &topology.work_queue("user.registered")).await,
+        0
+    );
+    support::cleanup(&conn, &topology).await;
+}
+
+#[test]
+fn unroutable_and_unreachable_are_errors() {
+    let exchange = support::unique("cli-unbound");
+    let out = warren(
+        &["publish", "user.registered", "--data", DATA],
+        &[("WARREN_TOPOLOGY__EXCHANGE", &exchange)],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("unroutable"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = warren(
+        &["publish", "user.registered", "--data", DATA],
+        &[("WARREN_AMQP__URL", "amqp://guest:hunter22@127.0.0.1:1/%2f")],
+    );
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot connect to RabbitMQ"), "{err}");
+    assert!(!err.contains("hunter22"), "password leaked: {err}");
+}
+
+#[test]
+fn config_redacts_and_export_matches_the_committed_definitions() {
+    let out = warren(
+        &["config"],
+        &[
+            ("WARREN_AMQP__URL", "amqp://admin:pa55word@rabbit:5672/%2f"),
+            ("WARREN_NOPE", "1"),
+        ],
+    );
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("amqp://admin:***@rabbit:5672/%2f"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pa55word"));
+    assert!(
+        text(&out.stderr).contains("WARREN_NOPE"),
+        "unknown variable is warned about"
+    );
+
+    let out = warren(&["topology", "export"], &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout),
+        include_str!("../definitions/definitions.json")
+    );
+}

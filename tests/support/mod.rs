@@ -1,0 +1,122 @@
+//! Helpers for broker tests: the broker URL, unique names, and loud failure
+//! when there is no broker (a broker test never skips).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use warren::topology::QueueType;
+use warren::{Settings, Topology};
+
+/// `AMQP_URL`, or the local broker.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A connection to the test broker; panics with a clear message when there is none.
+pub async fn connect() -> Arc<Connection> {
+    match Connection::connect(
+        &amqp_url(),
+        ConnectionProperties::default().with_connection_name("warren-tests".into()),
+    )
+    .await
+    {
+        Ok(c) => Arc::new(c),
+        Err(e) => panic!(
+            "these tests need RabbitMQ at {} (set AMQP_URL, or start it with `rabbitmq-server -detached`): {e}",
+            warren::amqp::redact_url(&amqp_url())
+        ),
+    }
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "t-{prefix}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
+}
+
+/// Settings with their own exchange and service name, classic queues
+/// (fast to declare) unless `quorum`.
+pub fn settings(prefix: &str, quorum: bool) -> Settings {
+    let mut s = Settings::default();
+    s.amqp.url = amqp_url();
+    s.topology.exchange = unique(&format!("{prefix}-x"));
+    s.consumer.service = unique(prefix);
+    s.topology.queue_type = if quorum {
+        QueueType::Quorum
+    } else {
+        QueueType::Classic
+    };
+    s
+}
+
+/// Declares the topology of `s` on a fresh channel.
+pub async fn declare(conn: &Connection, s: &Settings) -> Topology {
+    let topology = Topology::from_settings(s);
+    let ch = conn.create_channel().await.unwrap();
+    topology.declare(&ch).await.expect("declare topology");
+    topology
+}
+
+/// Deletes every queue and the exchange of a topology.
+pub async fn cleanup(conn: &Connection, topology: &Topology) {
+    let ch = conn.create_channel().await.unwrap();
+    for q in topology.queues() {
+        let _ = ch
+            .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = ch
+        .exchange_delete(topology.exchange.as_str().into(), Default::default())
+        .await;
+}
+
+/// Messages ready in a queue (passive declare).
+pub async fn ready(ch: &Channel, queue: &str) -> u32 {
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists");
+    q.message_count()
+}
+
+/// Polls until `queue` has `n` ready messages, or panics after `within`.
+pub async fn wait_ready(ch: &Channel, queue: &str, n: u32, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got = ready(ch, queue).await;
+        if got == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue}: expected {n} ready messages, have {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Takes every message out of a queue (acking them).
+pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::Delivery> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        out.push(m.delivery);
+    }
+    out
+}
