@@ -25,9 +25,10 @@
 //! }
 //! ```
 //!
-//! then add `EventType::of::<UserPasswordReset>()` to [`EVENT_TYPES`] so the
-//! CLI, the ingress and the topology know it. Consumers handle it with
-//! `.on::<UserPasswordReset>(handler)`.
+//! then add `$crate::event::UserPasswordReset` to the list in
+//! [`for_each_event_type!`](crate::for_each_event_type) so the CLI, the
+//! ingress, the topology and the built-in handlers know it. Consumers handle
+//! it with `.on(|e: Envelope<UserPasswordReset>, ctx| …)`.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -114,12 +115,23 @@ impl Event for UserLogin {
     }
 }
 
+/// The one list of event types warren knows. It calls `$callback!` with
+/// every type; [`EVENT_TYPES`] and the consumer's built-in handlers are made
+/// from it. A new type is one more entry here.
+#[macro_export]
+macro_rules! for_each_event_type {
+    ($callback:ident) => {
+        $callback!($crate::event::UserRegistered, $crate::event::UserLogin)
+    };
+}
+
+macro_rules! event_type_list {
+    ($($t:ty),*) => { &[$(EventType::of::<$t>()),*] };
+}
+
 /// The event types warren knows, in one place: the CLI, the ingress, the
-/// topology and the consumer's "unhandled" check all read this list.
-pub const EVENT_TYPES: &[EventType] = &[
-    EventType::of::<UserRegistered>(),
-    EventType::of::<UserLogin>(),
-];
+/// topology and the consumer all read this list.
+pub const EVENT_TYPES: &[EventType] = for_each_event_type!(event_type_list);
 
 /// A known event type, usable without knowing its Rust type.
 #[derive(Clone, Copy)]

@@ -12,9 +12,11 @@
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
 //! - [`amqp`]: connecting (named connections, heartbeats, URL redaction).
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
+//! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
 
 pub mod amqp;
 pub mod config;
+pub mod consumer;
 pub mod event;
 pub mod publisher;
 pub mod topology;

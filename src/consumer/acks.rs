@@ -1,0 +1,147 @@
+//! Coalesced acknowledgements for one channel.
+//!
+//! Handlers finish out of order. [`AckBook`] turns the settled delivery tags
+//! into as few `basic.ack` frames as is safe: one `multiple` ack up to the
+//! highest tag below which every delivery is settled, plus single acks when a
+//! slow handler holds the low end back for too long (so the prefetch window
+//! keeps moving).
+
+use std::collections::BTreeSet;
+
+/// A frame to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckFrame {
+    /// `basic.ack(tag, multiple)`.
+    Ack { tag: u64, multiple: bool },
+}
+
+/// Which delivery tags are settled and which are acked on the wire.
+#[derive(Debug, Default)]
+pub struct AckBook {
+    /// Every tag ≤ this is acked on the wire (or settled otherwise).
+    floor: u64,
+    /// Settled by warren, not yet acked on the wire.
+    pending: BTreeSet<u64>,
+    /// Acked (or nacked) singly, above the floor.
+    done: BTreeSet<u64>,
+}
+
+impl AckBook {
+    /// Records that `tag` is settled and wants an ack.
+    pub fn settle(&mut self, tag: u64) {
+        if tag > self.floor {
+            self.pending.insert(tag);
+        }
+    }
+
+    /// Records that `tag` was settled on the wire already (a single nack).
+    pub fn settled_elsewhere(&mut self, tag: u64) {
+        if tag > self.floor {
+            self.pending.remove(&tag);
+            self.done.insert(tag);
+        }
+    }
+
+    /// Settled tags not yet acked.
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The frames that ack every pending tag it is safe to ack now. When more
+    /// than `single_after` tags wait behind an unsettled one, they are acked singly.
+    pub fn flush(&mut self, single_after: usize) -> Vec<AckFrame> {
+        let mut frames = Vec::new();
+        let mut highest_pending = None;
+        loop {
+            let next = self.floor + 1;
+            if self.pending.remove(&next) {
+                highest_pending = Some(next);
+            } else if !self.done.remove(&next) {
+                break;
+            }
+            self.floor = next;
+        }
+        if let Some(tag) = highest_pending {
+            frames.push(AckFrame::Ack {
+                tag,
+                multiple: true,
+            });
+        }
+        if self.pending.len() > single_after {
+            for tag in std::mem::take(&mut self.pending) {
+                frames.push(AckFrame::Ack {
+                    tag,
+                    multiple: false,
+                });
+                self.done.insert(tag);
+            }
+        }
+        frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(tag: u64, multiple: bool) -> AckFrame {
+        AckFrame::Ack { tag, multiple }
+    }
+
+    #[test]
+    fn in_order_settles_coalesce_into_one_multiple_ack() {
+        let mut b = AckBook::default();
+        for t in 1..=5 {
+            b.settle(t);
+        }
+        assert_eq!(b.flush(100), vec![ack(5, true)]);
+        assert_eq!(b.flush(100), vec![]);
+    }
+
+    #[test]
+    fn a_gap_holds_back_the_multiple_ack() {
+        let mut b = AckBook::default();
+        b.settle(1);
+        b.settle(3);
+        assert_eq!(b.flush(100), vec![ack(1, true)]);
+        b.settle(4);
+        assert_eq!(b.flush(100), vec![], "2 is still in flight");
+        b.settle(2);
+        assert_eq!(b.flush(100), vec![ack(4, true)]);
+    }
+
+    #[test]
+    fn many_waiting_behind_a_slow_one_are_acked_singly_and_never_twice() {
+        let mut b = AckBook::default();
+        for t in 2..=4 {
+            b.settle(t);
+        }
+        assert_eq!(
+            b.flush(2),
+            vec![ack(2, false), ack(3, false), ack(4, false)]
+        );
+        b.settle(5);
+        assert_eq!(b.flush(2), vec![], "5 waits for 1");
+        b.settle(1);
+        // 1 and 5 are pending; 2..4 are done: the multiple ack names 5, which was never acked.
+        assert_eq!(b.flush(2), vec![ack(5, true)]);
+    }
+
+    #[test]
+    fn a_multiple_ack_never_names_a_tag_acked_singly() {
+        let mut b = AckBook::default();
+        b.settle(2);
+        assert_eq!(b.flush(0), vec![ack(2, false)]);
+        b.settle(1);
+        assert_eq!(b.flush(0), vec![ack(1, true)], "ack 1 only: 2 is done");
+    }
+
+    #[test]
+    fn nacked_tags_let_the_floor_pass() {
+        let mut b = AckBook::default();
+        b.settled_elsewhere(1);
+        b.settle(2);
+        assert_eq!(b.flush(10), vec![ack(2, true)]);
+    }
+}

@@ -1,0 +1,332 @@
+//! The consumer service: typed handlers on per-type work queues, acks after
+//! success, retries through delay queues, dead letters, graceful shutdown.
+//!
+//! ```no_run
+//! use warren::consumer::{Consumer, Context, HandlerError};
+//! use warren::{Envelope, Settings, UserLogin, UserRegistered};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn demo() -> Result<(), warren::consumer::ConsumerError> {
+//! let consumer = Consumer::new(Settings::default())
+//!     .on(|e: Envelope<UserRegistered>, _ctx: Context| async move {
+//!         println!("welcome {}", e.data.username);
+//!         Ok::<_, HandlerError>(())
+//!     })
+//!     .on(|e: Envelope<UserLogin>, _ctx: Context| async move {
+//!         println!("login from {}", e.data.ip_address);
+//!         Ok(())
+//!     });
+//! consumer.run(CancellationToken::new()).await
+//! # }
+//! ```
+//!
+//! Each delivery ends in exactly one of: ack (handler `Ok`); republish to the
+//! next retry tier then ack (transient error or panic, tiers left); republish
+//! to `.dead` then ack (tiers exhausted, permanent error, malformed or invalid
+//! body, unhandled type). The republish waits for the broker's confirm before
+//! the ack, so a crash in between can duplicate a message but never lose it.
+//! No failing message is ever requeued in place.
+
+mod acks;
+mod handler;
+pub mod headers;
+mod policy;
+mod route;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use acks::{AckBook, AckFrame};
+pub use handler::{AnyEventHandler, Context, ForAll, Handler, HandlerError, LogHandler};
+pub use policy::{DeadReason, Decision, RetryPolicy};
+pub use route::{Outcome, Route, Typed, panic_message, route_for};
+pub use worker::{Limits, WorkerLost};
+
+use crate::amqp::{self, ConnectOptions};
+use crate::config::Settings;
+use crate::event::Event;
+use crate::publisher::Publisher;
+use crate::topology::{Topology, TopologyError};
+
+/// Why the consumer service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The broker's queues differ from the configuration: fix one or the other.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// `run` was called without any handler.
+    #[error("no handlers registered: call .on::<Event>(handler) first")]
+    NoHandlers,
+}
+
+/// A consumer service: one work queue per registered event type.
+pub struct Consumer {
+    settings: Settings,
+    routes: Vec<(Arc<dyn Route>, Limits)>,
+}
+
+impl Consumer {
+    /// A consumer with no handlers yet.
+    #[must_use]
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            routes: Vec::new(),
+        }
+    }
+
+    /// Handles event type `E` with the default prefetch and concurrency.
+    #[must_use]
+    pub fn on<E: Event>(self, handler: impl Handler<E>) -> Self {
+        let limits = Limits {
+            prefetch: self.settings.consumer.prefetch,
+            concurrency: self.settings.consumer.concurrency,
+        };
+        self.on_with(handler, limits)
+    }
+
+    /// Handles event type `E` with its own prefetch and concurrency. A second
+    /// handler for the same type replaces the first.
+    #[must_use]
+    pub fn on_with<E: Event>(mut self, handler: impl Handler<E>, limits: Limits) -> Self {
+        self.routes.retain(|(r, _)| r.event_type() != E::TYPE);
+        self.routes
+            .push((Arc::new(Typed::<E, _>::new(handler)), limits));
+        self
+    }
+
+    /// Handles every type in `consumer.event_types` with one handler.
+    #[must_use]
+    pub fn on_all<H: AnyEventHandler>(mut self, handler: H) -> Self {
+        let limits = Limits {
+            prefetch: self.settings.consumer.prefetch,
+            concurrency: self.settings.consumer.concurrency,
+        };
+        for name in self.settings.consumer.event_types.clone() {
+            if let Some(route) = route_for(&name, handler.clone()) {
+                self = self.on_route(route, limits);
+            }
+        }
+        self
+    }
+
+    /// Handles a type known only at run time (used by the CLI's built-in handlers).
+    #[must_use]
+    pub fn on_route(mut self, route: Arc<dyn Route>, limits: Limits) -> Self {
+        self.routes
+            .retain(|(r, _)| r.event_type() != route.event_type());
+        self.routes.push((route, limits));
+        self
+    }
+
+    /// The topology this consumer declares: the settings' with the handled types.
+    #[must_use]
+    pub fn topology(&self) -> Topology {
+        let mut t = Topology::from_settings(&self.settings);
+        t.event_types = self
+            .routes
+            .iter()
+            .map(|(r, _)| r.event_type().to_owned())
+            .collect();
+        t
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops taking deliveries, lets
+    /// in-flight handlers finish within `consumer.shutdown_timeout`, settles
+    /// their messages and returns. A lost connection is re-established with
+    /// capped, jittered backoff.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumerError::Topology`] when the broker's queues do not match the
+    /// settings; [`ConsumerError::NoHandlers`].
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        if self.routes.is_empty() {
+            return Err(ConsumerError::NoHandlers);
+        }
+        let topology = Arc::new(self.topology());
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        loop {
+            match self.session(&topology, &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(SessionError::Fatal(e)) => return Err(e),
+                Err(SessionError::Lost { reason, connected }) => {
+                    if connected {
+                        backoff.reset();
+                    }
+                    metrics::gauge!("warren_broker_connected", "role" => "consumer").set(0.0);
+                    let wait = backoff.next_delay();
+                    warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        topology: &Arc<Topology>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let s = &self.settings;
+        let opts = ConnectOptions {
+            url: s.amqp.url.clone(),
+            name: format!("{} consumer {}", s.amqp.connection_name, s.consumer.service),
+            heartbeat: s.amqp.heartbeat,
+        };
+        let conn = Arc::new(amqp::connect(&opts).await.map_err(SessionError::setup)?);
+        let setup = conn
+            .create_channel()
+            .await
+            .map_err(|e| SessionError::setup(amqp::describe(&e)))?;
+        match topology.declare(&setup).await {
+            Ok(()) => {}
+            Err(e @ TopologyError::Mismatch { .. }) => return Err(SessionError::Fatal(e.into())),
+            Err(e) => return Err(SessionError::setup(e)),
+        }
+        let _ = setup.close(200, "declared".into()).await;
+        let republisher = Publisher::on_connection(conn.clone(), "", s.publisher.confirm_timeout)
+            .await
+            .map_err(SessionError::setup)?;
+        metrics::gauge!("warren_broker_connected", "role" => "consumer").set(1.0);
+        info!(
+            service = s.consumer.service,
+            queues = self.routes.len(),
+            "consumer connected"
+        );
+
+        let stop = shutdown.child_token();
+        let mut workers = JoinSet::new();
+        for (route, limits) in &self.routes {
+            let worker = worker::Worker {
+                route: route.clone(),
+                limits: *limits,
+                topology: topology.clone(),
+                policy: RetryPolicy {
+                    tiers: topology.retry_delays.len(),
+                },
+                republisher: republisher.clone(),
+                shutdown_timeout: s.consumer.shutdown_timeout,
+            };
+            let (conn, stop) = (conn.clone(), stop.clone());
+            workers.spawn(async move { worker.run(&conn, stop).await });
+        }
+        let mut lost = None;
+        while let Some(joined) = workers.join_next().await {
+            let result = joined.unwrap_or_else(|e| {
+                Err(WorkerLost {
+                    queue: "?".into(),
+                    reason: e.to_string(),
+                })
+            });
+            if let Err(e) = result {
+                if lost.is_none() {
+                    error!(error = %e, "queue worker stopped");
+                    lost = Some(e.to_string());
+                }
+                // One queue lost its channel: restart the whole session.
+                stop.cancel();
+            }
+        }
+        if conn.status().connected() {
+            let _ = conn.close(200, "consumer stopped".into()).await;
+        }
+        match lost {
+            Some(reason) if !shutdown.is_cancelled() => Err(SessionError::Lost {
+                reason,
+                connected: true,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+enum SessionError {
+    Fatal(ConsumerError),
+    /// `connected`: the session got as far as consuming before it was lost.
+    Lost {
+        reason: String,
+        connected: bool,
+    },
+}
+
+impl SessionError {
+    fn setup(reason: impl ToString) -> Self {
+        Self::Lost {
+            reason: reason.to_string(),
+            connected: false,
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `base`, doubles, never above `cap`.
+    #[must_use]
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: uniform in `[ceiling/2, ceiling]`.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let jitter = f64::from(uuid::Uuid::now_v7().as_u128() as u16) / f64::from(u16::MAX);
+        ceiling.mul_f64(0.5 + jitter / 2.0)
+    }
+
+    /// Back to `base` after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = b.next_delay();
+        assert!(
+            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+            "{first:?}"
+        );
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        let late = b.next_delay();
+        assert!(
+            late >= Duration::from_millis(500) && late <= Duration::from_secs(1),
+            "{late:?}"
+        );
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,338 @@
+//! One work queue on its own channel: prefetch, bounded concurrency, the
+//! decide-publish-ack path, coalesced acks, and the drain on shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::acks::{AckBook, AckFrame};
+use super::handler::Context;
+use super::headers::{self, Origin};
+use super::policy::{Decision, RetryPolicy};
+use super::route::{Outcome, Route};
+use crate::amqp::describe;
+use crate::publisher::{Message, Publisher};
+use crate::topology::Topology;
+
+/// Per-queue limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `basic.qos` prefetch count of the queue's channel.
+    pub prefetch: u16,
+    /// Handlers running at once.
+    pub concurrency: usize,
+}
+
+/// Why a queue worker stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+#[error("queue {queue}: {reason}")]
+pub struct WorkerLost {
+    pub queue: String,
+    pub reason: String,
+}
+
+pub(super) struct Worker {
+    pub route: Arc<dyn Route>,
+    pub limits: Limits,
+    pub topology: Arc<Topology>,
+    pub policy: RetryPolicy,
+    pub republisher: Publisher,
+    pub shutdown_timeout: Duration,
+}
+
+impl Worker {
+    /// Consumes until `stop` is cancelled (then drains and returns `Ok`) or
+    /// the channel dies (returns the cause).
+    pub async fn run(self, conn: &Connection, stop: CancellationToken) -> Result<(), WorkerLost> {
+        let queue = self.topology.work_queue(self.route.event_type());
+        let lost = |reason: String| WorkerLost {
+            queue: queue.clone(),
+            reason,
+        };
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| lost(describe(&e)))?;
+        channel
+            .basic_qos(self.limits.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| lost(describe(&e)))?;
+        let mut deliveries = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| lost(describe(&e)))?;
+        let tag = deliveries.tag();
+        info!(
+            queue,
+            prefetch = self.limits.prefetch,
+            concurrency = self.limits.concurrency,
+            "consuming"
+        );
+
+        let acks = AckTask::start(
+            channel.clone(),
+            queue.clone(),
+            usize::from(self.limits.prefetch) / 4,
+        );
+        let shared = Arc::new(Shared {
+            worker: self,
+            queue: queue.clone(),
+            channel: channel.clone(),
+            acks: acks.sender(),
+        });
+        let permits = Arc::new(Semaphore::new(shared.worker.limits.concurrency));
+        let tracker = TaskTracker::new();
+        let mut result = Ok(());
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let next = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                d = deliveries.next() => d,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let shared = shared.clone();
+                    tracker.spawn(async move {
+                        shared.process(delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    result = Err(lost(describe(&e)));
+                    break;
+                }
+                None => {
+                    result = Err(lost(
+                        "the broker cancelled the consumer (queue deleted?)".into(),
+                    ));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            // Stop new deliveries; prefetched ones not started stay unacked and go back to the queue.
+            let _ = channel
+                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                .await;
+        }
+        tracker.close();
+        let timeout = shared.worker.shutdown_timeout;
+        if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+            warn!(
+                queue,
+                unfinished = tracker.len(),
+                "handlers still running after {timeout:?}: their messages stay unacked and will be redelivered"
+            );
+        }
+        acks.finish().await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "consumer stopped".into()).await;
+        }
+        info!(queue, "stopped consuming");
+        result
+    }
+}
+
+struct Shared {
+    worker: Worker,
+    queue: String,
+    channel: Channel,
+    acks: mpsc::UnboundedSender<AckMsg>,
+}
+
+impl Shared {
+    async fn process(&self, delivery: Delivery) {
+        let attempt = headers::attempt(&delivery.properties);
+        let event_id = headers::message_id(&delivery.properties)
+            .unwrap_or("")
+            .to_owned();
+        let span = info_span!("delivery", queue = %self.queue, event_type = self.worker.route.event_type(), event_id, attempt);
+        self.process_inner(delivery, attempt).instrument(span).await;
+    }
+
+    async fn process_inner(&self, delivery: Delivery, attempt: u32) {
+        let ctx = Context {
+            attempt,
+            queue: self.queue.clone(),
+            redelivered: delivery.redelivered,
+        };
+        let started = Instant::now();
+        let outcome = self.worker.route.process(&delivery.data, ctx).await;
+        metrics::histogram!("warren_handler_duration_seconds", "queue" => self.queue.clone())
+            .record(started.elapsed().as_secs_f64());
+        let (decision, error) = match outcome {
+            Outcome::Handled(r) => {
+                let error = r
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                (self.worker.policy.decide(&r, attempt), error)
+            }
+            Outcome::Undecodable(reason, error) => (Decision::DeadLetter(reason), error),
+        };
+        let tag = delivery.delivery_tag;
+        let target = match decision {
+            Decision::Ack => {
+                self.settle(tag, "acked");
+                return;
+            }
+            Decision::Retry { tier } => {
+                let q = self
+                    .worker
+                    .topology
+                    .retry_queue(self.worker.route.event_type(), tier);
+                debug!(tier, error, "retrying later");
+                (q.expect("policy tiers match topology tiers"), None)
+            }
+            Decision::DeadLetter(reason) => {
+                warn!(reason = reason.as_str(), error, "dead-lettering");
+                (
+                    self.worker
+                        .topology
+                        .dead_queue(self.worker.route.event_type()),
+                    Some(reason.as_str()),
+                )
+            }
+        };
+        let origin = Origin {
+            exchange: delivery.exchange.as_str(),
+            routing_key: delivery.routing_key.as_str(),
+            queue: &self.queue,
+        };
+        let properties = headers::republish_properties(
+            &delivery.properties,
+            &origin,
+            attempt + 1,
+            &error,
+            target.1,
+        );
+        let msg = Message {
+            exchange: "",
+            routing_key: &target.0,
+            body: &delivery.data,
+            properties,
+        };
+        match self.worker.republisher.send(msg).await {
+            // Publish confirmed, then ack: a crash in between duplicates, never loses.
+            Ok(()) => self.settle(
+                tag,
+                if target.1.is_some() {
+                    "dead_lettered"
+                } else {
+                    "retried"
+                },
+            ),
+            Err(e) => {
+                warn!(error = %e, target = target.0, "cannot republish; returning the message to its queue");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                if self.channel.basic_nack(tag, requeue).await.is_ok() {
+                    let _ = self.acks.send(AckMsg::Elsewhere(tag));
+                }
+                count(&self.queue, "requeued");
+            }
+        }
+    }
+
+    fn settle(&self, tag: u64, outcome: &'static str) {
+        count(&self.queue, outcome);
+        // A closed ack task means the worker gave up on this channel: the
+        // broker redelivers the message.
+        let _ = self.acks.send(AckMsg::Settle(tag));
+    }
+}
+
+fn count(queue: &str, outcome: &'static str) {
+    metrics::counter!("warren_consumed_total", "queue" => queue.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+enum AckMsg {
+    Settle(u64),
+    Elsewhere(u64),
+    Finish(oneshot::Sender<()>),
+}
+
+/// The task that owns a channel's [`AckBook`] and sends its frames.
+struct AckTask {
+    tx: mpsc::UnboundedSender<AckMsg>,
+}
+
+impl AckTask {
+    fn start(channel: Channel, queue: String, single_after: usize) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut book = AckBook::default();
+            let mut stale = 0u64;
+            while let Some(first) = rx.recv().await {
+                let mut finish = None;
+                for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    match msg {
+                        AckMsg::Settle(t) => book.settle(t),
+                        AckMsg::Elsewhere(t) => book.settled_elsewhere(t),
+                        AckMsg::Finish(done) => finish = Some(done),
+                    }
+                }
+                let last = finish.is_some();
+                for AckFrame::Ack { tag, multiple } in
+                    book.flush(if last { 0 } else { single_after })
+                {
+                    if let Err(e) = channel.basic_ack(tag, BasicAckOptions { multiple }).await {
+                        // The channel is gone: the broker will redeliver these.
+                        stale += 1;
+                        metrics::counter!("warren_stale_acks_total", "queue" => queue.clone())
+                            .increment(1);
+                        debug!(queue, tag, error = %describe(&e), "ack on a closed channel");
+                    }
+                }
+                if let Some(done) = finish {
+                    if stale > 0 {
+                        warn!(
+                            queue,
+                            stale, "acks lost with the channel; those messages will be redelivered"
+                        );
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    fn sender(&self) -> mpsc::UnboundedSender<AckMsg> {
+        self.tx.clone()
+    }
+
+    async fn finish(self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(AckMsg::Finish(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
