@@ -88,9 +88,7 @@ fn host_of(url: &str) -> Option<String> {
 /// What is wrong with it, without the password.
 pub fn check_url(url: &str) -> Result<(), String> {
     parse_url(url).map(|_| ()).map_err(|e| match e {
-        ConnectError::InvalidUrl { reason, .. } | ConnectError::Unreachable { reason, .. } => {
-            reason
-        }
+        ConnectError::InvalidUrl { reason, .. } | ConnectError::Unreachable { reason, .. } => reason,
     })
 }
 
@@ -122,11 +120,7 @@ pub fn vhost_of(url: &str) -> String {
     url.parse::<AMQPUri>().map_or_else(
         |_| "/".to_owned(),
         |u| {
-            if u.vhost.is_empty() {
-                "/".to_owned()
-            } else {
-                u.vhost
-            }
+            if u.vhost.is_empty() { "/".to_owned() } else { u.vhost }
         },
     )
 }
@@ -152,20 +146,11 @@ mod tests {
     #[test]
     fn ip_hosts_are_kept() {
         assert_eq!(
-            parse_url("amqp://a:b@10.1.2.3:5673/%2f")
-                .unwrap()
-                .authority
-                .host,
+            parse_url("amqp://a:b@10.1.2.3:5673/%2f").unwrap().authority.host,
             "10.1.2.3"
         );
-        assert_eq!(
-            parse_url("amqp://[::1]:5672").unwrap().authority.host,
-            "::1"
-        );
-        assert_eq!(
-            parse_url("amqp://rabbit/v").unwrap().authority.host,
-            "rabbit"
-        );
+        assert_eq!(parse_url("amqp://[::1]:5672").unwrap().authority.host, "::1");
+        assert_eq!(parse_url("amqp://rabbit/v").unwrap().authority.host, "rabbit");
     }
 
     #[test]

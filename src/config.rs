@@ -172,10 +172,7 @@ impl Default for Settings {
             },
             consumer: ConsumerSettings {
                 service: "warren".into(),
-                event_types: crate::event::EVENT_TYPES
-                    .iter()
-                    .map(|t| t.name.to_owned())
-                    .collect(),
+                event_types: crate::event::EVENT_TYPES.iter().map(|t| t.name.to_owned()).collect(),
                 prefetch: 256,
                 concurrency: 64,
                 shutdown_timeout: Duration::from_secs(30),
@@ -206,10 +203,7 @@ impl Default for Settings {
 pub const ALIASES: &[(&str, &[&str])] = &[
     ("AMQP_URL", &["amqp.url"]),
     ("GO_BACKEND_URL", &["webhook.url"]),
-    (
-        "EVENT_TIMEOUT",
-        &["publisher.confirm_timeout", "webhook.timeout"],
-    ),
+    ("EVENT_TIMEOUT", &["publisher.confirm_timeout", "webhook.timeout"]),
     ("EVENT_RETRY_ATTEMPTS", &["consumer.retry.attempts"]),
 ];
 
@@ -254,8 +248,7 @@ impl Settings {
     /// of the wrong type (the message names the setting).
     pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         let mut builder = config::Config::builder().add_source(
-            config::Config::try_from(&Settings::default())
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            config::Config::try_from(&Settings::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?,
         );
         match &sources.file {
             Some(path) => {
@@ -301,14 +294,10 @@ impl Settings {
 
     fn check(&self) -> Result<(), ConfigError> {
         if self.consumer.prefetch == 0 {
-            return Err(ConfigError::Invalid(
-                "consumer.prefetch must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("consumer.prefetch must be at least 1".into()));
         }
         if self.consumer.concurrency == 0 {
-            return Err(ConfigError::Invalid(
-                "consumer.concurrency must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("consumer.concurrency must be at least 1".into()));
         }
         if self.consumer.service.is_empty() || self.topology.exchange.is_empty() {
             return Err(ConfigError::Invalid(
@@ -324,12 +313,9 @@ impl Settings {
             }
         }
         if self.consumer.retry.tiers().iter().any(Duration::is_zero) {
-            return Err(ConfigError::Invalid(
-                "consumer.retry.delays must be above zero".into(),
-            ));
+            return Err(ConfigError::Invalid("consumer.retry.delays must be above zero".into()));
         }
-        crate::amqp::check_url(&self.amqp.url)
-            .map_err(|e| ConfigError::Invalid(format!("amqp.url: {e}")))?;
+        crate::amqp::check_url(&self.amqp.url).map_err(|e| ConfigError::Invalid(format!("amqp.url: {e}")))?;
         Ok(())
     }
 
@@ -356,12 +342,7 @@ impl Settings {
         let value = serde_json::to_value(Settings::default()).expect("settings serialize");
         collect_keys("", &value, &mut out);
         // Optional settings are absent from the serialized defaults.
-        for k in [
-            "ingress.token",
-            "webhook.url",
-            "webhook.secret",
-            "metrics.listen",
-        ] {
+        for k in ["ingress.token", "webhook.url", "webhook.secret", "metrics.listen"] {
             out.insert(k.to_owned());
         }
         out
@@ -412,9 +393,7 @@ fn warren_variables(vars: &[(String, String)]) -> (BTreeMap<String, String>, Vec
             if keys.contains(&path) {
                 map.insert(name.clone(), value.clone());
             } else if !warnings.iter().any(|w: &String| w.contains(name.as_str())) {
-                warnings.push(format!(
-                    "environment variable {name} matches no setting and is ignored"
-                ));
+                warnings.push(format!("environment variable {name} matches no setting and is ignored"));
             }
         }
     }
@@ -511,9 +490,7 @@ pub mod duration {
     ///
     /// A value that is not a duration.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Raw::deserialize(d)?
-            .into_duration()
-            .map_err(de::Error::custom)
+        Raw::deserialize(d)?.into_duration().map_err(de::Error::custom)
     }
 }
 
@@ -545,16 +522,8 @@ mod tests {
     fn load(env: &[(&str, &str)]) -> Loaded {
         let dir = std::env::temp_dir().join(format!("warren-cfg-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
-        let env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        Settings::load(&Sources {
-            file: None,
-            dir,
-            env,
-        })
-        .unwrap()
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Settings::load(&Sources { file: None, dir, env }).unwrap()
     }
 
     #[test]
@@ -562,10 +531,7 @@ mod tests {
         let s = load(&[]).settings;
         assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(s.consumer.service, "warren");
-        assert_eq!(
-            s.consumer.retry.tiers(),
-            [1, 10, 60].map(Duration::from_secs)
-        );
+        assert_eq!(s.consumer.retry.tiers(), [1, 10, 60].map(Duration::from_secs));
     }
 
     #[test]
@@ -597,11 +563,7 @@ mod tests {
         assert_eq!(s.publisher.confirm_timeout, Duration::from_secs(7));
         assert_eq!(s.webhook.timeout, Duration::from_secs(7));
         assert_eq!(s.consumer.retry.tiers().len(), 5);
-        let s = load(&[
-            ("AMQP_URL", "amqp://alias"),
-            ("WARREN_AMQP__URL", "amqp://explicit"),
-        ])
-        .settings;
+        let s = load(&[("AMQP_URL", "amqp://alias"), ("WARREN_AMQP__URL", "amqp://explicit")]).settings;
         assert_eq!(s.amqp.url, "amqp://explicit");
     }
 
@@ -622,16 +584,8 @@ mod tests {
             "[consumer]\nprefetch = 10\nservice = \"from-file\"\n[amqp]\nheartbeat = \"15s\"\n",
         )
         .unwrap();
-        std::fs::write(
-            dir.join(".env"),
-            "WARREN_CONSUMER__PREFETCH=20\nEVENT_TIMEOUT=3\n",
-        )
-        .unwrap();
-        let env = |v: &[(&str, &str)]| {
-            v.iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
+        std::fs::write(dir.join(".env"), "WARREN_CONSUMER__PREFETCH=20\nEVENT_TIMEOUT=3\n").unwrap();
+        let env = |v: &[(&str, &str)]| v.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let s = Settings::load(&Sources {
             file: None,
             dir: dir.clone(),
@@ -639,10 +593,7 @@ mod tests {
         })
         .unwrap()
         .settings;
-        assert_eq!(
-            (s.consumer.prefetch, s.consumer.service.as_str()),
-            (20, "from-file")
-        );
+        assert_eq!((s.consumer.prefetch, s.consumer.service.as_str()), (20, "from-file"));
         assert_eq!(s.amqp.heartbeat, Duration::from_secs(15));
         assert_eq!(s.publisher.confirm_timeout, Duration::from_secs(3));
         let s = Settings::load(&Sources {
@@ -672,12 +623,7 @@ mod tests {
             dir,
             env: vec![],
         });
-        assert!(
-            missing
-                .unwrap_err()
-                .to_string()
-                .contains("/nonexistent/w.toml")
-        );
+        assert!(missing.unwrap_err().to_string().contains("/nonexistent/w.toml"));
     }
 
     #[test]
@@ -695,10 +641,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            duration::parse("500ms").unwrap(),
-            Duration::from_millis(500)
-        );
+        assert_eq!(duration::parse("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(duration::parse("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(duration::parse("7").unwrap(), Duration::from_secs(7));
         assert!(duration::parse("soon").is_err());

@@ -166,11 +166,7 @@ impl EventType {
     /// The names of every known type, comma separated (for error messages).
     #[must_use]
     pub fn known_names() -> String {
-        EVENT_TYPES
-            .iter()
-            .map(|t| t.name)
-            .collect::<Vec<_>>()
-            .join(", ")
+        EVENT_TYPES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
     }
 
     /// Validates `data` as this type, returning its `user_id`.
@@ -242,8 +238,7 @@ impl<E: Event> Envelope<E> {
                 DecodeError::Invalid(ValidationError::from_serde("", &path, &inner))
             }
         })?;
-        de.end()
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        de.end().map_err(|e| DecodeError::Malformed(e.to_string()))?;
         env.validate()?;
         Ok(env)
     }
@@ -257,11 +252,7 @@ impl<E: Event> Envelope<E> {
         if self.event_type != E::TYPE {
             return Err(ValidationError::new(
                 "event_type",
-                format!(
-                    "is {:?}, expected {:?}",
-                    truncate(&self.event_type, 64),
-                    E::TYPE
-                ),
+                format!("is {:?}, expected {:?}", truncate(&self.event_type, 64), E::TYPE),
             ));
         }
         check_common(&self.source, self.user_id, self.data.user_id())?;
@@ -290,12 +281,7 @@ impl RawEnvelope {
     /// A new untyped envelope with a fresh UUIDv7 and the current time;
     /// call [`RawEnvelope::check_known`] before publishing it.
     #[must_use]
-    pub fn new_raw(
-        event_type: String,
-        source: String,
-        user_id: i64,
-        data: serde_json::Value,
-    ) -> Self {
+    pub fn new_raw(event_type: String, source: String, user_id: i64, data: serde_json::Value) -> Self {
         Self {
             event_id: Uuid::now_v7(),
             event_type,
@@ -313,16 +299,15 @@ impl RawEnvelope {
     /// Malformed JSON, an unknown `event_type`, or a field that fails validation.
     pub fn parse_known(body: &[u8]) -> Result<(Self, EventType), DecodeError> {
         let env: Self =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
-                .map_err(|e| {
-                    let path = e.path().to_string();
-                    let inner = e.into_inner();
-                    if inner.is_syntax() || inner.is_eof() {
-                        DecodeError::Malformed(inner.to_string())
-                    } else {
-                        DecodeError::Invalid(ValidationError::from_serde("", &path, &inner))
-                    }
-                })?;
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if inner.is_syntax() || inner.is_eof() {
+                    DecodeError::Malformed(inner.to_string())
+                } else {
+                    DecodeError::Invalid(ValidationError::from_serde("", &path, &inner))
+                }
+            })?;
         let kind = env.check_known()?;
         Ok((env, kind))
     }
@@ -398,8 +383,7 @@ impl ValidationError {
         let reason = if missing.is_some() {
             "is required".to_owned()
         } else {
-            msg.find(" at line ")
-                .map_or(msg.clone(), |i| msg[..i].to_owned())
+            msg.find(" at line ").map_or(msg.clone(), |i| msg[..i].to_owned())
         };
         Self { field, reason }
     }
@@ -476,10 +460,7 @@ mod tests {
             "a missing event_id is filled with a v7"
         );
         let login = Envelope::<UserLogin>::from_slice(SEED_LOGIN.as_bytes()).unwrap();
-        assert_eq!(
-            login.data.ip_address,
-            "192.168.1.100".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(login.data.ip_address, "192.168.1.100".parse::<IpAddr>().unwrap());
         let (raw, kind) = RawEnvelope::parse_known(SEED_LOGIN.as_bytes()).unwrap();
         assert_eq!(kind.name, "user.login");
         assert_eq!(raw.user_id, 123);
@@ -487,18 +468,10 @@ mod tests {
 
     #[test]
     fn event_id_given_is_kept_and_round_trips() {
-        let body = SEED_REGISTERED.replacen(
-            '{',
-            r#"{"event_id":"01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a","#,
-            1,
-        );
+        let body = SEED_REGISTERED.replacen('{', r#"{"event_id":"01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a","#, 1);
         let env = Envelope::<UserRegistered>::from_slice(body.as_bytes()).unwrap();
-        assert_eq!(
-            env.event_id.to_string(),
-            "01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a"
-        );
-        let again =
-            Envelope::<UserRegistered>::from_slice(&serde_json::to_vec(&env).unwrap()).unwrap();
+        assert_eq!(env.event_id.to_string(), "01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a");
+        let again = Envelope::<UserRegistered>::from_slice(&serde_json::to_vec(&env).unwrap()).unwrap();
         assert_eq!(again, env);
     }
 
@@ -544,9 +517,7 @@ mod tests {
             "user_id"
         );
         assert_eq!(
-            invalid_field(
-                &SEED_REGISTERED.replace("\"2025-01-20T10:30:00Z\"\n        }", "12\n        }")
-            ),
+            invalid_field(&SEED_REGISTERED.replace("\"2025-01-20T10:30:00Z\"\n        }", "12\n        }")),
             "data.registration_timestamp"
         );
     }
@@ -570,10 +541,7 @@ mod tests {
         let other = SEED_LOGIN.replace("\"user.login\"", "\"user.deleted\"");
         let err = RawEnvelope::parse_known(other.as_bytes()).unwrap_err();
         assert!(matches!(err, DecodeError::UnknownType(ref t) if t == "user.deleted"));
-        assert!(
-            err.to_string().contains("user.registered, user.login"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("user.registered, user.login"), "{err}");
     }
 
     #[test]
@@ -587,9 +555,7 @@ mod tests {
         for ok in ["a@b.co", "john.doe+x@mail.example.com"] {
             assert!(looks_like_email(ok), "{ok}");
         }
-        for bad in [
-            "nope", "@b.co", "a@b", "a@@b.co", "a b@c.de", "a@.com", "a@com.",
-        ] {
+        for bad in ["nope", "@b.co", "a@b", "a@@b.co", "a b@c.de", "a@.com", "a@com."] {
             assert!(!looks_like_email(bad), "{bad}");
         }
     }

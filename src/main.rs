@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use warren::config::{Loaded, Sources};
+use warren::consumer::{Consumer, LogHandler};
 use warren::event::{EventType, RawEnvelope};
 use warren::{Publisher, Settings, Topology};
 
@@ -21,6 +23,9 @@ struct Cli {
     /// Settings file (TOML); default: ./warren.toml when present.
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Write logs (stderr) as JSON lines; filter them with RUST_LOG.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +56,34 @@ enum Command {
     Topology(TopologyCommand),
     /// Print the effective settings as TOML, with passwords and tokens redacted.
     Config,
+    /// Run the consumer service: one work queue per event type, handled, acked,
+    /// retried through the delay queues, or parked in the dead-letter queues.
+    ///
+    /// Declares the topology first. Stops cleanly on SIGINT/SIGTERM: no new
+    /// deliveries, in-flight handlers get consumer.shutdown_timeout to finish.
+    Consume {
+        #[command(flatten)]
+        handler: HandlerArgs,
+    },
+    /// Run everything this process serves: the consumer service (and the HTTP
+    /// ingress). The main job of a warren deployment.
+    Run {
+        #[command(flatten)]
+        handler: HandlerArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct HandlerArgs {
+    /// What to do with each event: `log` writes it as one JSON line on stdout.
+    #[arg(long, value_enum, default_value_t = HandlerKind::Log)]
+    handler: HandlerKind,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HandlerKind {
+    /// One JSON line per event on stdout (event_id, event_type, user_id, attempt, data).
+    Log,
 }
 
 #[derive(Subcommand)]
@@ -65,7 +98,7 @@ enum TopologyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -82,13 +115,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warren=info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -117,10 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{id}");
         }
         Command::Topology(TopologyCommand::Export) => {
-            print!(
-                "{}",
-                Topology::from_settings(&settings).to_definitions_string()
-            );
+            print!("{}", Topology::from_settings(&settings).to_definitions_string());
         }
         Command::Topology(TopologyCommand::Apply) => {
             let topology = Topology::from_settings(&settings);
@@ -136,8 +171,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Config => print!("{}", settings.redacted_toml()),
+        Command::Consume { handler } | Command::Run { handler } => {
+            let shutdown = shutdown_on_signal();
+            consumer(settings, handler.handler).run(shutdown).await?;
+        }
     }
     Ok(())
+}
+
+fn consumer(settings: Settings, kind: HandlerKind) -> Consumer {
+    match kind {
+        HandlerKind::Log => Consumer::new(settings).on_all(LogHandler),
+    }
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM; a second one exits at once.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: finishing in-flight events (signal again to exit at once)");
+        cancel.cancel();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second signal: exiting; unacked messages will be redelivered");
+        std::process::exit(130);
+    });
+    token
 }
 
 fn connect_options(settings: &Settings, role: &str) -> warren::amqp::ConnectOptions {
@@ -162,8 +235,7 @@ async fn publish(
         );
     }
     let data: serde_json::Value = serde_json::from_str(data).context("--data is not valid JSON")?;
-    let user_id = match user_id.or_else(|| data.get("user_id").and_then(serde_json::Value::as_i64))
-    {
+    let user_id = match user_id.or_else(|| data.get("user_id").and_then(serde_json::Value::as_i64)) {
         Some(id) => id,
         None => bail!("invalid field `data.user_id`: is required (or pass --user-id)"),
     };
@@ -174,11 +246,7 @@ async fn publish(
         data,
     );
     envelope.check_known()?;
-    let publisher = Publisher::connect(
-        settings,
-        &format!("{} publish", settings.amqp.connection_name),
-    )
-    .await?;
+    let publisher = Publisher::connect(settings, &format!("{} publish", settings.amqp.connection_name)).await?;
     publisher.publish_raw(&envelope).await?;
     Ok(envelope.event_id)
 }

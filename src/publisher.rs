@@ -27,13 +27,8 @@ use crate::topology::Topology;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// No queue is bound for the routing key: the broker returned the message.
-    #[error(
-        "unroutable: no queue is bound to exchange {exchange:?} with routing key {routing_key:?}"
-    )]
-    Unroutable {
-        exchange: String,
-        routing_key: String,
-    },
+    #[error("unroutable: no queue is bound to exchange {exchange:?} with routing key {routing_key:?}")]
+    Unroutable { exchange: String, routing_key: String },
     /// The broker refused the message (basic.nack).
     #[error("the broker rejected the message (nack) for routing key {routing_key:?}")]
     Nacked { routing_key: String },
@@ -144,8 +139,7 @@ impl Publisher {
     ///
     /// See [`PublishError`].
     pub async fn publish<E: Event>(&self, envelope: &Envelope<E>) -> Result<(), PublishError> {
-        let body =
-            serde_json::to_vec(envelope).map_err(|e| PublishError::Serialize(e.to_string()))?;
+        let body = serde_json::to_vec(envelope).map_err(|e| PublishError::Serialize(e.to_string()))?;
         self.publish_encoded(
             &body,
             envelope.event_id,
@@ -162,8 +156,7 @@ impl Publisher {
     ///
     /// See [`PublishError`].
     pub async fn publish_raw(&self, envelope: &RawEnvelope) -> Result<(), PublishError> {
-        let body =
-            serde_json::to_vec(envelope).map_err(|e| PublishError::Serialize(e.to_string()))?;
+        let body = serde_json::to_vec(envelope).map_err(|e| PublishError::Serialize(e.to_string()))?;
         self.publish_encoded(
             &body,
             envelope.event_id,
@@ -176,10 +169,7 @@ impl Publisher {
 
     /// Publishes many events with their confirms in flight together; one
     /// result per event, in order.
-    pub async fn publish_batch<E: Event>(
-        &self,
-        envelopes: &[Envelope<E>],
-    ) -> Vec<Result<(), PublishError>> {
+    pub async fn publish_batch<E: Event>(&self, envelopes: &[Envelope<E>]) -> Vec<Result<(), PublishError>> {
         join_all(envelopes.iter().map(|e| self.publish(e))).await
     }
 
@@ -238,9 +228,7 @@ impl Publisher {
             Confirmation::Nack(_) => Err(PublishError::Nacked {
                 routing_key: msg.routing_key.to_owned(),
             }),
-            Confirmation::NotRequested => Err(PublishError::Setup(
-                "publisher confirms are not enabled".into(),
-            )),
+            Confirmation::NotRequested => Err(PublishError::Setup("publisher confirms are not enabled".into())),
         }
     }
 }

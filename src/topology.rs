@@ -166,10 +166,7 @@ impl Topology {
                 args.insert("x-dead-letter-exchange", Arg::Str(String::new()));
                 args.insert("x-dead-letter-routing-key", Arg::Str(work.clone()));
                 let name = self.retry_queue(t, tier).expect("tier in range");
-                out.push(QueueSpec {
-                    name,
-                    arguments: args,
-                });
+                out.push(QueueSpec { name, arguments: args });
             }
             out.push(QueueSpec {
                 name: self.dead_queue(t),
@@ -180,10 +177,7 @@ impl Topology {
     }
 
     fn base_args(&self) -> BTreeMap<&'static str, Arg> {
-        BTreeMap::from([(
-            "x-queue-type",
-            Arg::Str(self.queue_type.as_str().to_owned()),
-        )])
+        BTreeMap::from([("x-queue-type", Arg::Str(self.queue_type.as_str().to_owned()))])
     }
 
     /// Work queues bound to the exchange, one key each.
@@ -298,8 +292,7 @@ impl Topology {
     /// [`Topology::to_definitions`] as the pretty JSON committed in `definitions/`.
     #[must_use]
     pub fn to_definitions_string(&self) -> String {
-        let mut s =
-            serde_json::to_string_pretty(&self.to_definitions()).expect("definitions serialize");
+        let mut s = serde_json::to_string_pretty(&self.to_definitions()).expect("definitions serialize");
         s.push('\n');
         s
     }
@@ -361,10 +354,7 @@ mod tests {
         let t = topo();
         assert_eq!(t.work_queue("user.registered"), "warren.user.registered");
         assert_eq!(t.dead_queue("user.login"), "warren.user.login.dead");
-        assert_eq!(
-            t.retry_queue("user.login", 2).unwrap(),
-            "warren.user.login.retry.1m"
-        );
+        assert_eq!(t.retry_queue("user.login", 2).unwrap(), "warren.user.login.retry.1m");
         assert_eq!(t.retry_queue("user.login", 3), None);
         let names: Vec<_> = t.queues().into_iter().map(|q| q.name).collect();
         assert_eq!(names.len(), 10);
@@ -380,10 +370,7 @@ mod tests {
             .find(|q| q.name == "warren.user.login.retry.1s")
             .unwrap();
         assert_eq!(q.arguments["x-message-ttl"], Arg::Int(1000));
-        assert_eq!(
-            q.arguments["x-dead-letter-exchange"],
-            Arg::Str(String::new())
-        );
+        assert_eq!(q.arguments["x-dead-letter-exchange"], Arg::Str(String::new()));
         assert_eq!(
             q.arguments["x-dead-letter-routing-key"],
             Arg::Str("warren.user.login".into())
@@ -393,11 +380,7 @@ mod tests {
     #[test]
     fn work_queue_dead_letters_to_its_parking_lot_with_delivery_limit() {
         let t = topo();
-        let q = t
-            .queues()
-            .into_iter()
-            .find(|q| q.name == "warren.user.login")
-            .unwrap();
+        let q = t.queues().into_iter().find(|q| q.name == "warren.user.login").unwrap();
         assert_eq!(
             q.arguments["x-dead-letter-routing-key"],
             Arg::Str("warren.user.login.dead".into())

@@ -22,7 +22,8 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-const DATA: &str = r#"{"user_id":7,"username":"ann","email":"ann@example.com","registration_timestamp":"2025-01-20T10:30:00Z"}"#;
+const DATA: &str =
+    r#"{"user_id":7,"username":"ann","email":"ann@example.com","registration_timestamp":"2025-01-20T10:30:00Z"}"#;
 
 #[tokio::test]
 async fn publish_prints_the_event_id_of_a_message_in_the_work_queue() {
@@ -31,14 +32,7 @@ async fn publish_prints_the_event_id_of_a_message_in_the_work_queue() {
     let topology = support::declare(&conn, &s).await;
     let env = [("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str())];
     let out = warren(
-        &[
-            "publish",
-            "user.registered",
-            "--data",
-            DATA,
-            "--source",
-            "cli-test",
-        ],
+        &["publish", "user.registered", "--data", DATA, "--source", "cli-test"],
         &env,
     );
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
@@ -72,35 +66,20 @@ async fn invalid_input_fails_with_one_line_naming_the_cause_and_publishes_nothin
             ],
             "data.email",
         ),
-        (
-            &["publish", "user.deleted", "--data", DATA],
-            "unknown event type",
-        ),
-        (
-            &["publish", "user.registered", "--data", "{oops"],
-            "not valid JSON",
-        ),
-        (
-            &["publish", "user.login", "--data", DATA],
-            "data.login_timestamp",
-        ),
+        (&["publish", "user.deleted", "--data", DATA], "unknown event type"),
+        (&["publish", "user.registered", "--data", "{oops"], "not valid JSON"),
+        (&["publish", "user.login", "--data", DATA], "data.login_timestamp"),
     ];
     for (args, needle) in cases {
         let out = warren(args, &env);
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(
-            err.contains(needle),
-            "{args:?}: stderr {err:?} lacks {needle:?}"
-        );
+        assert!(err.contains(needle), "{args:?}: stderr {err:?} lacks {needle:?}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
         assert!(out.stdout.is_empty());
     }
     let ch = conn.create_channel().await.unwrap();
-    assert_eq!(
-        support::ready(&ch, &topology.work_queue("user.registered")).await,
-        0
-    );
+    assert_eq!(support::ready(&ch, &topology.work_queue("user.registered")).await, 0);
     support::cleanup(&conn, &topology).await;
 }
 
@@ -112,11 +91,7 @@ fn unroutable_and_unreachable_are_errors() {
         &[("WARREN_TOPOLOGY__EXCHANGE", &exchange)],
     );
     assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("unroutable"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("unroutable"), "{}", text(&out.stderr));
 
     let out = warren(
         &["publish", "user.registered", "--data", DATA],
@@ -139,10 +114,7 @@ fn config_redacts_and_export_matches_the_committed_definitions() {
     );
     assert!(out.status.success());
     let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("amqp://admin:***@rabbit:5672/%2f"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("amqp://admin:***@rabbit:5672/%2f"), "{stdout}");
     assert!(!stdout.contains("pa55word"));
     assert!(
         text(&out.stderr).contains("WARREN_NOPE"),
@@ -151,8 +123,5 @@ fn config_redacts_and_export_matches_the_committed_definitions() {
 
     let out = warren(&["topology", "export"], &[]);
     assert!(out.status.success());
-    assert_eq!(
-        text(&out.stdout),
-        include_str!("../definitions/definitions.json")
-    );
+    assert_eq!(text(&out.stdout), include_str!("../definitions/definitions.json"));
 }

@@ -39,23 +39,15 @@ async fn confirmed_publish_lands_in_the_work_queue_with_amqp_properties() {
         Some(env.event_id.to_string())
     );
     assert_eq!(p.delivery_mode(), &Some(2));
-    assert_eq!(
-        p.content_type().as_ref().map(|s| s.as_str()),
-        Some("application/json")
-    );
-    assert_eq!(
-        p.kind().as_ref().map(|s| s.as_str()),
-        Some("user.registered")
-    );
+    assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+    assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("user.registered"));
     assert_eq!(p.app_id().as_ref().map(|s| s.as_str()), Some("tests"));
     assert_eq!(p.timestamp(), &Some(env.timestamp.timestamp() as u64));
     assert_eq!(got[0].routing_key.as_str(), "user.registered");
     let back = Envelope::<UserRegistered>::from_slice(&got[0].data).unwrap();
     assert_eq!(back, env);
     assert!(
-        support::drain(&ch, &topology.work_queue("user.login"))
-            .await
-            .is_empty(),
+        support::drain(&ch, &topology.work_queue("user.login")).await.is_empty(),
         "routed by type"
     );
     support::cleanup(&conn, &topology).await;
@@ -155,10 +147,7 @@ async fn declare_is_idempotent_and_a_conflict_names_queue_and_argument() {
     match changed_queue.declare(&ch).await {
         Err(e @ TopologyError::Mismatch { .. }) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains(&topology.work_queue("user.registered")),
-                "{msg}"
-            );
+            assert!(msg.contains(&topology.work_queue("user.registered")), "{msg}");
             assert!(msg.contains("x-delivery-limit"), "{msg}");
         }
         other => panic!("expected a mismatch, got {other:?}"),

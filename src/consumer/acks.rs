@@ -63,17 +63,11 @@ impl AckBook {
             self.floor = next;
         }
         if let Some(tag) = highest_pending {
-            frames.push(AckFrame::Ack {
-                tag,
-                multiple: true,
-            });
+            frames.push(AckFrame::Ack { tag, multiple: true });
         }
         if self.pending.len() > single_after {
             for tag in std::mem::take(&mut self.pending) {
-                frames.push(AckFrame::Ack {
-                    tag,
-                    multiple: false,
-                });
+                frames.push(AckFrame::Ack { tag, multiple: false });
                 self.done.insert(tag);
             }
         }
@@ -117,10 +111,7 @@ mod tests {
         for t in 2..=4 {
             b.settle(t);
         }
-        assert_eq!(
-            b.flush(2),
-            vec![ack(2, false), ack(3, false), ack(4, false)]
-        );
+        assert_eq!(b.flush(2), vec![ack(2, false), ack(3, false), ack(4, false)]);
         b.settle(5);
         assert_eq!(b.flush(2), vec![], "5 waits for 1");
         b.settle(1);

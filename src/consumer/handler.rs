@@ -50,11 +50,7 @@ pub trait Handler<E: Event>: Send + Sync + 'static {
     ///
     /// [`HandlerError::Transient`] to retry later, [`HandlerError::Permanent`]
     /// to dead-letter it.
-    fn handle(
-        &self,
-        event: Envelope<E>,
-        ctx: Context,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(&self, event: Envelope<E>, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 impl<E, F, Fut> Handler<E> for F
@@ -63,11 +59,7 @@ where
     F: Fn(Envelope<E>, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send,
 {
-    fn handle(
-        &self,
-        event: Envelope<E>,
-        ctx: Context,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+    fn handle(&self, event: Envelope<E>, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send {
         self(event, ctx)
     }
 }
@@ -92,11 +84,7 @@ pub trait AnyEventHandler: Clone + Send + Sync + 'static {
 pub struct ForAll<H>(pub H);
 
 impl<E: Event, H: AnyEventHandler> Handler<E> for ForAll<H> {
-    fn handle(
-        &self,
-        event: Envelope<E>,
-        ctx: Context,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+    fn handle(&self, event: Envelope<E>, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send {
         self.0.handle_any(event, ctx)
     }
 }
@@ -122,11 +110,7 @@ impl LogHandler {
 }
 
 impl AnyEventHandler for LogHandler {
-    async fn handle_any<E: Event>(
-        &self,
-        event: Envelope<E>,
-        ctx: Context,
-    ) -> Result<(), HandlerError> {
+    async fn handle_any<E: Event>(&self, event: Envelope<E>, ctx: Context) -> Result<(), HandlerError> {
         let mut line = Self::line(&event, &ctx);
         line.push('\n');
         // A closed stdout is worth a retry, not a lost event.

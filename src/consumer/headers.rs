@@ -95,10 +95,7 @@ pub fn republish_properties(
     };
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
     headers.insert(FIRST_FAILURE.into(), keep(FIRST_FAILURE, &now));
-    headers.insert(
-        ORIGINAL_EXCHANGE.into(),
-        keep(ORIGINAL_EXCHANGE, origin.exchange),
-    );
+    headers.insert(ORIGINAL_EXCHANGE.into(), keep(ORIGINAL_EXCHANGE, origin.exchange));
     headers.insert(
         ORIGINAL_ROUTING_KEY.into(),
         keep(ORIGINAL_ROUTING_KEY, origin.routing_key),
@@ -117,10 +114,7 @@ pub fn republish_properties(
             );
         }
         None => {
-            headers.insert(
-                ATTEMPT.into(),
-                AMQPValue::LongLongInt(i64::from(next_attempt)),
-            );
+            headers.insert(ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(next_attempt)));
         }
     }
     original.clone().with_headers(headers).with_delivery_mode(2)
@@ -168,14 +162,8 @@ mod tests {
     #[test]
     fn retry_headers_carry_attempt_and_keep_the_first_failure_and_origin() {
         let mut old = FieldTable::default();
-        old.insert(
-            "traceparent".into(),
-            AMQPValue::LongString("00-abc-def-01".into()),
-        );
-        old.insert(
-            "x-death".into(),
-            AMQPValue::LongString("broker bookkeeping".into()),
-        );
+        old.insert("traceparent".into(), AMQPValue::LongString("00-abc-def-01".into()));
+        old.insert("x-death".into(), AMQPValue::LongString("broker bookkeeping".into()));
         let p1 = republish_properties(
             &BasicProperties::default().with_headers(old),
             &origin(),
@@ -196,10 +184,7 @@ mod tests {
         let p2 = republish_properties(&p1, &back, 3, "boom again", Some("exhausted"));
         assert_eq!(text(&p2, FIRST_FAILURE).unwrap(), first);
         assert_eq!(text(&p2, ORIGINAL_EXCHANGE).as_deref(), Some("user.events"));
-        assert_eq!(
-            text(&p2, ORIGINAL_ROUTING_KEY).as_deref(),
-            Some("user.login")
-        );
+        assert_eq!(text(&p2, ORIGINAL_ROUTING_KEY).as_deref(), Some("user.login"));
         assert_eq!(text(&p2, REASON).as_deref(), Some("exhausted"));
         assert_eq!(int(&p2, ATTEMPTS), Some(2));
         assert_eq!(text(&p2, ERROR).as_deref(), Some("boom again"));
@@ -208,13 +193,7 @@ mod tests {
 
     #[test]
     fn long_errors_are_truncated() {
-        let p = republish_properties(
-            &BasicProperties::default(),
-            &origin(),
-            2,
-            &"é".repeat(5000),
-            None,
-        );
+        let p = republish_properties(&BasicProperties::default(), &origin(), 2, &"é".repeat(5000), None);
         assert!(text(&p, ERROR).unwrap().len() <= MAX_ERROR_LEN);
     }
 }

@@ -95,8 +95,7 @@ impl Consumer {
     #[must_use]
     pub fn on_with<E: Event>(mut self, handler: impl Handler<E>, limits: Limits) -> Self {
         self.routes.retain(|(r, _)| r.event_type() != E::TYPE);
-        self.routes
-            .push((Arc::new(Typed::<E, _>::new(handler)), limits));
+        self.routes.push((Arc::new(Typed::<E, _>::new(handler)), limits));
         self
     }
 
@@ -118,8 +117,7 @@ impl Consumer {
     /// Handles a type known only at run time (used by the CLI's built-in handlers).
     #[must_use]
     pub fn on_route(mut self, route: Arc<dyn Route>, limits: Limits) -> Self {
-        self.routes
-            .retain(|(r, _)| r.event_type() != route.event_type());
+        self.routes.retain(|(r, _)| r.event_type() != route.event_type());
         self.routes.push((route, limits));
         self
     }
@@ -128,11 +126,7 @@ impl Consumer {
     #[must_use]
     pub fn topology(&self) -> Topology {
         let mut t = Topology::from_settings(&self.settings);
-        t.event_types = self
-            .routes
-            .iter()
-            .map(|(r, _)| r.event_type().to_owned())
-            .collect();
+        t.event_types = self.routes.iter().map(|(r, _)| r.event_type().to_owned()).collect();
         t
     }
 
@@ -174,11 +168,7 @@ impl Consumer {
         }
     }
 
-    async fn session(
-        &self,
-        topology: &Arc<Topology>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), SessionError> {
+    async fn session(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), SessionError> {
         let s = &self.settings;
         let opts = ConnectOptions {
             url: s.amqp.url.clone(),
@@ -282,19 +272,12 @@ impl Backoff {
     /// Starts at `base`, doubles, never above `cap`.
     #[must_use]
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            attempt: 0,
-        }
+        Self { base, cap, attempt: 0 }
     }
 
     /// The next delay: uniform in `[ceiling/2, ceiling]`.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1 << self.attempt.min(16))
-            .min(self.cap);
+        let ceiling = self.base.saturating_mul(1 << self.attempt.min(16)).min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         let jitter = f64::from(uuid::Uuid::now_v7().as_u128() as u16) / f64::from(u16::MAX);
         ceiling.mul_f64(0.5 + jitter / 2.0)

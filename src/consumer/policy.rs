@@ -87,14 +87,8 @@ mod tests {
         assert_eq!(p.decide(&FAIL, 1), Decision::Retry { tier: 0 });
         assert_eq!(p.decide(&FAIL, 2), Decision::Retry { tier: 1 });
         assert_eq!(p.decide(&FAIL, 3), Decision::Retry { tier: 2 });
-        assert_eq!(
-            p.decide(&FAIL, 4),
-            Decision::DeadLetter(DeadReason::Exhausted)
-        );
-        assert_eq!(
-            p.decide(&FAIL, 40),
-            Decision::DeadLetter(DeadReason::Exhausted)
-        );
+        assert_eq!(p.decide(&FAIL, 4), Decision::DeadLetter(DeadReason::Exhausted));
+        assert_eq!(p.decide(&FAIL, 40), Decision::DeadLetter(DeadReason::Exhausted));
     }
 
     #[test]

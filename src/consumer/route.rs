@@ -55,10 +55,7 @@ impl<E: Event, H: Handler<E>> Route for Typed<E, H> {
                 Ok(e) => e,
                 Err(e) => return undecodable::<E>(body, e),
             };
-            match AssertUnwindSafe(self.handler.handle(event, ctx))
-                .catch_unwind()
-                .await
-            {
+            match AssertUnwindSafe(self.handler.handle(event, ctx)).catch_unwind().await {
                 Ok(result) => Outcome::Handled(result),
                 Err(panic) => Outcome::Handled(Err(HandlerError::Transient(format!(
                     "handler panicked: {}",
@@ -71,12 +68,8 @@ impl<E: Event, H: Handler<E>> Route for Typed<E, H> {
 
 fn undecodable<E: Event>(body: &[u8], e: DecodeError) -> Outcome {
     match e {
-        DecodeError::Malformed(m) => {
-            Outcome::Undecodable(DeadReason::Malformed, format!("malformed JSON: {m}"))
-        }
-        DecodeError::UnknownType(t) => {
-            Outcome::Undecodable(DeadReason::Unhandled, format!("unknown event_type {t:?}"))
-        }
+        DecodeError::Malformed(m) => Outcome::Undecodable(DeadReason::Malformed, format!("malformed JSON: {m}")),
+        DecodeError::UnknownType(t) => Outcome::Undecodable(DeadReason::Unhandled, format!("unknown event_type {t:?}")),
         DecodeError::Invalid(v) => {
             // Another type in this queue is "unhandled", whatever else is wrong with it.
             #[derive(serde::Deserialize)]
@@ -153,9 +146,7 @@ mod tests {
             ok.process(REGISTERED.as_bytes(), ctx()).await,
             Outcome::Handled(Ok(()))
         ));
-        let fail = route(|_e: Envelope<UserRegistered>, _c: Context| async {
-            Err(HandlerError::permanent("no"))
-        });
+        let fail = route(|_e: Envelope<UserRegistered>, _c: Context| async { Err(HandlerError::permanent("no")) });
         assert!(matches!(
             fail.process(REGISTERED.as_bytes(), ctx()).await,
             Outcome::Handled(Err(HandlerError::Permanent(_)))
@@ -186,10 +177,7 @@ mod tests {
             }
         };
         assert_eq!(reason("not json").await, DeadReason::Malformed);
-        assert_eq!(
-            reason(r#"{"event_type":"user.registered"}"#).await,
-            DeadReason::Invalid
-        );
+        assert_eq!(reason(r#"{"event_type":"user.registered"}"#).await, DeadReason::Invalid);
         let login = REGISTERED.replace("user.registered", "user.login");
         let login: &'static str = Box::leak(login.into_boxed_str());
         assert_eq!(reason(login).await, DeadReason::Unhandled);

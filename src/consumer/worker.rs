@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -60,10 +58,7 @@ impl Worker {
             queue: queue.clone(),
             reason,
         };
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(|e| lost(describe(&e)))?;
+        let channel = conn.create_channel().await.map_err(|e| lost(describe(&e)))?;
         channel
             .basic_qos(self.limits.prefetch, BasicQosOptions::default())
             .await
@@ -85,11 +80,7 @@ impl Worker {
             "consuming"
         );
 
-        let acks = AckTask::start(
-            channel.clone(),
-            queue.clone(),
-            usize::from(self.limits.prefetch) / 4,
-        );
+        let acks = AckTask::start(channel.clone(), queue.clone(), usize::from(self.limits.prefetch) / 4);
         let shared = Arc::new(Shared {
             worker: self,
             queue: queue.clone(),
@@ -123,18 +114,14 @@ impl Worker {
                     break;
                 }
                 None => {
-                    result = Err(lost(
-                        "the broker cancelled the consumer (queue deleted?)".into(),
-                    ));
+                    result = Err(lost("the broker cancelled the consumer (queue deleted?)".into()));
                     break;
                 }
             }
         }
         if result.is_ok() {
             // Stop new deliveries; prefetched ones not started stay unacked and go back to the queue.
-            let _ = channel
-                .basic_cancel(tag.clone(), BasicCancelOptions::default())
-                .await;
+            let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
         }
         tracker.close();
         let timeout = shared.worker.shutdown_timeout;
@@ -164,10 +151,9 @@ struct Shared {
 impl Shared {
     async fn process(&self, delivery: Delivery) {
         let attempt = headers::attempt(&delivery.properties);
-        let event_id = headers::message_id(&delivery.properties)
-            .unwrap_or("")
-            .to_owned();
-        let span = info_span!("delivery", queue = %self.queue, event_type = self.worker.route.event_type(), event_id, attempt);
+        let event_id = headers::message_id(&delivery.properties).unwrap_or("").to_owned();
+        let span =
+            info_span!("delivery", queue = %self.queue, event_type = self.worker.route.event_type(), event_id, attempt);
         self.process_inner(delivery, attempt).instrument(span).await;
     }
 
@@ -183,11 +169,7 @@ impl Shared {
             .record(started.elapsed().as_secs_f64());
         let (decision, error) = match outcome {
             Outcome::Handled(r) => {
-                let error = r
-                    .as_ref()
-                    .err()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
+                let error = r.as_ref().err().map(ToString::to_string).unwrap_or_default();
                 (self.worker.policy.decide(&r, attempt), error)
             }
             Outcome::Undecodable(reason, error) => (Decision::DeadLetter(reason), error),
@@ -199,19 +181,14 @@ impl Shared {
                 return;
             }
             Decision::Retry { tier } => {
-                let q = self
-                    .worker
-                    .topology
-                    .retry_queue(self.worker.route.event_type(), tier);
+                let q = self.worker.topology.retry_queue(self.worker.route.event_type(), tier);
                 debug!(tier, error, "retrying later");
                 (q.expect("policy tiers match topology tiers"), None)
             }
             Decision::DeadLetter(reason) => {
                 warn!(reason = reason.as_str(), error, "dead-lettering");
                 (
-                    self.worker
-                        .topology
-                        .dead_queue(self.worker.route.event_type()),
+                    self.worker.topology.dead_queue(self.worker.route.event_type()),
                     Some(reason.as_str()),
                 )
             }
@@ -221,13 +198,7 @@ impl Shared {
             routing_key: delivery.routing_key.as_str(),
             queue: &self.queue,
         };
-        let properties = headers::republish_properties(
-            &delivery.properties,
-            &origin,
-            attempt + 1,
-            &error,
-            target.1,
-        );
+        let properties = headers::republish_properties(&delivery.properties, &origin, attempt + 1, &error, target.1);
         let msg = Message {
             exchange: "",
             routing_key: &target.0,
@@ -236,14 +207,7 @@ impl Shared {
         };
         match self.worker.republisher.send(msg).await {
             // Publish confirmed, then ack: a crash in between duplicates, never loses.
-            Ok(()) => self.settle(
-                tag,
-                if target.1.is_some() {
-                    "dead_lettered"
-                } else {
-                    "retried"
-                },
-            ),
+            Ok(()) => self.settle(tag, if target.1.is_some() { "dead_lettered" } else { "retried" }),
             Err(e) => {
                 warn!(error = %e, target = target.0, "cannot republish; returning the message to its queue");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -268,8 +232,7 @@ impl Shared {
 }
 
 fn count(queue: &str, outcome: &'static str) {
-    metrics::counter!("warren_consumed_total", "queue" => queue.to_owned(), "outcome" => outcome)
-        .increment(1);
+    metrics::counter!("warren_consumed_total", "queue" => queue.to_owned(), "outcome" => outcome).increment(1);
 }
 
 enum AckMsg {
@@ -299,14 +262,11 @@ impl AckTask {
                     }
                 }
                 let last = finish.is_some();
-                for AckFrame::Ack { tag, multiple } in
-                    book.flush(if last { 0 } else { single_after })
-                {
+                for AckFrame::Ack { tag, multiple } in book.flush(if last { 0 } else { single_after }) {
                     if let Err(e) = channel.basic_ack(tag, BasicAckOptions { multiple }).await {
                         // The channel is gone: the broker will redeliver these.
                         stale += 1;
-                        metrics::counter!("warren_stale_acks_total", "queue" => queue.clone())
-                            .increment(1);
+                        metrics::counter!("warren_stale_acks_total", "queue" => queue.clone()).increment(1);
                         debug!(queue, tag, error = %describe(&e), "ack on a closed channel");
                     }
                 }

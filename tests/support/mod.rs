@@ -34,10 +34,7 @@ pub async fn connect() -> Arc<Connection> {
 
 /// A name no other test uses.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "t-{prefix}-{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    )
+    format!("t-{prefix}-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
 }
 
 /// Settings with their own exchange and service name, classic queues
@@ -47,11 +44,7 @@ pub fn settings(prefix: &str, quorum: bool) -> Settings {
     s.amqp.url = amqp_url();
     s.topology.exchange = unique(&format!("{prefix}-x"));
     s.consumer.service = unique(prefix);
-    s.topology.queue_type = if quorum {
-        QueueType::Quorum
-    } else {
-        QueueType::Classic
-    };
+    s.topology.queue_type = if quorum { QueueType::Quorum } else { QueueType::Classic };
     s
 }
 
@@ -119,4 +112,56 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::Delivery> {
         out.push(m.delivery);
     }
     out
+}
+
+/// A `user.registered` envelope for `user_id`.
+pub fn registered(user_id: i64) -> warren::Envelope<warren::UserRegistered> {
+    warren::Envelope::new(
+        "tests",
+        warren::UserRegistered {
+            user_id,
+            username: format!("user{user_id}"),
+            email: format!("user{user_id}@example.com"),
+            registration_timestamp: chrono::Utc::now(),
+        },
+    )
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics with `what` after `within`.
+pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes raw bytes to an exchange with a routing key (no confirm needed
+/// for test garbage, but waits for it anyway).
+pub async fn publish_raw(conn: &Connection, exchange: &str, routing_key: &str, body: &[u8]) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        confirm.is_ack() && confirm.take_message().is_none(),
+        "raw publish not routed"
+    );
 }

@@ -1,0 +1,332 @@
+//! The consumer service against a real broker: acks, retry tiers, dead
+//! letters, panics, fan-out isolation.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use warren::consumer::{Consumer, Context, HandlerError, headers};
+use warren::{Envelope, Publisher, Settings, UserRegistered};
+
+type Seen = Arc<Mutex<Vec<(Uuid, u32, Instant)>>>;
+
+fn seen() -> Seen {
+    Arc::new(Mutex::new(Vec::new()))
+}
+
+fn count(seen: &Seen) -> usize {
+    seen.lock().unwrap().len()
+}
+
+/// Starts `consumer`; returns the token that stops it and its join handle.
+fn start(consumer: Consumer) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let handle = tokio::spawn(async move { consumer.run(t).await.expect("consumer ran") });
+    (token, handle)
+}
+
+async fn stop(token: CancellationToken, handle: tokio::task::JoinHandle<()>) {
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(20), handle)
+        .await
+        .expect("consumer stops")
+        .expect("no panic");
+}
+
+fn fast_retries(s: &mut Settings, delays_ms: &[u64]) {
+    s.consumer.retry.delays = delays_ms.iter().map(|ms| Duration::from_millis(*ms)).collect();
+}
+
+#[tokio::test]
+async fn a_thousand_events_are_each_handled_once_and_acked() {
+    let conn = support::connect().await;
+    let s = support::settings("thousand", false);
+    let seen = seen();
+    let log = seen.clone();
+    let consumer = Consumer::new(s.clone()).on(move |e: Envelope<UserRegistered>, ctx: Context| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
+            Ok::<_, HandlerError>(())
+        }
+    });
+    let topology = consumer.topology();
+    support::declare(&conn, &s).await;
+    let (token, handle) = start(consumer);
+    let publisher = Publisher::connect(&s, "tests").await.unwrap();
+    let events: Vec<_> = (0..1000).map(support::registered).collect();
+    for r in publisher.publish_batch(&events).await {
+        r.unwrap();
+    }
+    support::eventually(Duration::from_secs(30), "1000 handled", || count(&seen) >= 1000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(token, handle).await;
+
+    let seen = seen.lock().unwrap().clone();
+    let mut per_id: HashMap<Uuid, usize> = HashMap::new();
+    for (id, attempt, _) in seen.iter() {
+        *per_id.entry(*id).or_default() += 1;
+        assert_eq!(*attempt, 1);
+    }
+    assert_eq!(seen.len(), 1000, "no duplicates");
+    assert!(events.iter().all(|e| per_id.get(&e.event_id) == Some(&1)));
+    // The consumer's channels are closed: anything unacked would be back in the queue.
+    let ch = conn.create_channel().await.unwrap();
+    support::wait_ready(&ch, &topology.work_queue("user.registered"), 0, Duration::from_secs(2)).await;
+    assert_eq!(support::ready(&ch, &topology.dead_queue("user.registered")).await, 0);
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn a_handler_failing_twice_succeeds_on_attempt_three_after_the_tier_delays() {
+    let conn = support::connect().await;
+    // Quorum queues, as in production: TTL and dead-lettering of the tiers are theirs.
+    let mut s = support::settings("retry", true);
+    fast_retries(&mut s, &[400, 800, 1600]);
+    let seen = seen();
+    let log = seen.clone();
+    let consumer = Consumer::new(s.clone()).on(move |e: Envelope<UserRegistered>, ctx: Context| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
+            if ctx.attempt < 3 {
+                Err(HandlerError::transient("smtp down"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let topology = consumer.topology();
+    let (token, handle) = start(consumer);
+    tokio::time::sleep(Duration::from_millis(500)).await; // declared by the consumer
+    let publisher = Publisher::connect(&s, "tests").await.unwrap();
+    let event = support::registered(1);
+    publisher.publish(&event).await.unwrap();
+    support::eventually(Duration::from_secs(15), "3 attempts", || count(&seen) >= 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(token, handle).await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(seen.iter().all(|s| s.0 == event.event_id));
+    let first_gap = seen[1].2 - seen[0].2;
+    let second_gap = seen[2].2 - seen[1].2;
+    assert!(
+        first_gap >= Duration::from_millis(400),
+        "tier 1 waited only {first_gap:?}"
+    );
+    assert!(
+        second_gap >= Duration::from_millis(800),
+        "tier 2 waited only {second_gap:?}"
+    );
+    eprintln!("retry delays measured: {first_gap:?} (tier 400ms), {second_gap:?} (tier 800ms)");
+    let ch = conn.create_channel().await.unwrap();
+    support::wait_ready(&ch, &topology.work_queue("user.registered"), 0, Duration::from_secs(5)).await;
+    assert_eq!(support::ready(&ch, &topology.dead_queue("user.registered")).await, 0);
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn always_failing_ends_in_dead_with_headers_and_permanent_goes_straight_there() {
+    let conn = support::connect().await;
+    let mut s = support::settings("dead", false);
+    fast_retries(&mut s, &[100, 200]);
+    let seen = seen();
+    let log = seen.clone();
+    let consumer = Consumer::new(s.clone()).on(move |e: Envelope<UserRegistered>, ctx: Context| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
+            if e.user_id == 666 {
+                Err(HandlerError::permanent("account is banned"))
+            } else {
+                Err(HandlerError::transient("x".repeat(10_000)))
+            }
+        }
+    });
+    let topology = consumer.topology();
+    let (token, handle) = start(consumer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let publisher = Publisher::connect(&s, "tests").await.unwrap();
+    let (failing, banned) = (support::registered(1), support::registered(666));
+    publisher.publish(&failing).await.unwrap();
+    publisher.publish(&banned).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let dead = topology.dead_queue("user.registered");
+    support::wait_ready(&ch, &dead, 2, Duration::from_secs(10)).await;
+    stop(token, handle).await;
+
+    let attempts = |id: Uuid| seen.lock().unwrap().iter().filter(|s| s.0 == id).count();
+    assert_eq!(attempts(failing.event_id), 3, "first attempt + 2 retries");
+    assert_eq!(attempts(banned.event_id), 1, "permanent: no retry");
+    let mut got = support::drain(&ch, &dead).await;
+    got.sort_by_key(|d| headers::text(&d.properties, headers::REASON));
+    let (exhausted, permanent) = (&got[0], &got[1]);
+    let p = &exhausted.properties;
+    assert_eq!(headers::text(p, headers::REASON).as_deref(), Some("exhausted"));
+    assert_eq!(headers::int(p, headers::ATTEMPTS), Some(3));
+    assert_eq!(
+        headers::text(p, headers::ORIGINAL_EXCHANGE).as_deref(),
+        Some(s.topology.exchange.as_str())
+    );
+    assert_eq!(
+        headers::text(p, headers::ORIGINAL_ROUTING_KEY).as_deref(),
+        Some("user.registered")
+    );
+    assert!(
+        headers::text(p, headers::FIRST_FAILURE)
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .is_ok()
+    );
+    assert!(
+        headers::text(p, headers::ERROR).unwrap().len() <= headers::MAX_ERROR_LEN,
+        "error truncated"
+    );
+    assert_eq!(headers::message_id(p), Some(failing.event_id.to_string().as_str()));
+    assert_eq!(
+        Envelope::<UserRegistered>::from_slice(&exhausted.data).unwrap(),
+        failing,
+        "body kept"
+    );
+    let p = &permanent.properties;
+    assert_eq!(headers::text(p, headers::REASON).as_deref(), Some("permanent"));
+    assert_eq!(headers::int(p, headers::ATTEMPTS), Some(1));
+    assert_eq!(headers::text(p, headers::ERROR).as_deref(), Some("account is banned"));
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn garbage_and_invalid_bodies_go_to_dead_byte_for_byte_and_the_next_event_is_handled() {
+    let conn = support::connect().await;
+    let s = support::settings("poison", false);
+    let seen = seen();
+    let log = seen.clone();
+    let consumer = Consumer::new(s.clone()).on(move |e: Envelope<UserRegistered>, ctx: Context| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
+            Ok::<_, HandlerError>(())
+        }
+    });
+    let topology = consumer.topology();
+    let (token, handle) = start(consumer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let x = &s.topology.exchange;
+    let garbage: &[u8] = b"\x00\xffnot json at all";
+    let invalid = br#"{"event_type":"user.registered","source":"s","user_id":1,"data":{"user_id":1,"username":"a","email":"nope","registration_timestamp":"2025-01-20T10:30:00Z"}}"#;
+    let other_type = br#"{"event_type":"user.login","source":"s","user_id":1,"data":{}}"#;
+    support::publish_raw(&conn, x, "user.registered", garbage).await;
+    support::publish_raw(&conn, x, "user.registered", invalid).await;
+    support::publish_raw(&conn, x, "user.registered", other_type).await;
+    let good = support::registered(5);
+    Publisher::connect(&s, "tests")
+        .await
+        .unwrap()
+        .publish(&good)
+        .await
+        .unwrap();
+    support::eventually(Duration::from_secs(10), "good event handled", || count(&seen) == 1).await;
+    let ch = conn.create_channel().await.unwrap();
+    let dead = topology.dead_queue("user.registered");
+    support::wait_ready(&ch, &dead, 3, Duration::from_secs(10)).await;
+    stop(token, handle).await;
+
+    assert_eq!(seen.lock().unwrap()[0].0, good.event_id);
+    let got = support::drain(&ch, &dead).await;
+    let by_reason: HashMap<_, _> = got
+        .iter()
+        .map(|d| (headers::text(&d.properties, headers::REASON).unwrap(), d.data.clone()))
+        .collect();
+    assert_eq!(by_reason["malformed"], garbage);
+    assert_eq!(by_reason["invalid"], invalid);
+    assert_eq!(by_reason["unhandled"], other_type);
+    let invalid_error = got.iter().find_map(|d| {
+        (headers::text(&d.properties, headers::REASON).as_deref() == Some("invalid"))
+            .then(|| headers::text(&d.properties, headers::ERROR).unwrap())
+    });
+    assert!(invalid_error.unwrap().contains("data.email"));
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_retried_and_the_service_goes_on() {
+    let conn = support::connect().await;
+    let mut s = support::settings("panic", false);
+    fast_retries(&mut s, &[100]);
+    let seen = seen();
+    let log = seen.clone();
+    let consumer = Consumer::new(s.clone()).on(move |e: Envelope<UserRegistered>, ctx: Context| {
+        let log = log.clone();
+        async move {
+            if e.user_id % 2 == 0 && ctx.attempt == 1 {
+                panic!("handler bug on user {}", e.user_id);
+            }
+            log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
+            Ok::<_, HandlerError>(())
+        }
+    });
+    let topology = consumer.topology();
+    let (token, handle) = start(consumer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let publisher = Publisher::connect(&s, "tests").await.unwrap();
+    let events: Vec<_> = (0..20).map(support::registered).collect();
+    for r in publisher.publish_batch(&events).await {
+        r.unwrap();
+    }
+    support::eventually(Duration::from_secs(10), "all 20 handled", || count(&seen) == 20).await;
+    stop(token, handle).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|s| s.1 == 2).count(),
+        10,
+        "the 10 that panicked succeeded on their retry"
+    );
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn retries_of_one_service_never_reach_another_bound_to_the_same_key() {
+    let conn = support::connect().await;
+    let mut failing = support::settings("fanout-a", false);
+    fast_retries(&mut failing, &[100, 100]);
+    let mut healthy = failing.clone();
+    healthy.consumer.service = support::unique("fanout-b");
+    let seen_b = seen();
+    let log = seen_b.clone();
+    let a = Consumer::new(failing.clone())
+        .on(|_e: Envelope<UserRegistered>, _c: Context| async { Err(HandlerError::transient("down")) });
+    let b = Consumer::new(healthy.clone()).on(move |e: Envelope<UserRegistered>, ctx: Context| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
+            Ok::<_, HandlerError>(())
+        }
+    });
+    let (ta, tb) = (a.topology(), b.topology());
+    let (token_a, handle_a) = start(a);
+    let (token_b, handle_b) = start(b);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let publisher = Publisher::connect(&failing, "tests").await.unwrap();
+    let events: Vec<_> = (0..10).map(support::registered).collect();
+    for r in publisher.publish_batch(&events).await {
+        r.unwrap();
+    }
+    let ch = conn.create_channel().await.unwrap();
+    support::wait_ready(&ch, &ta.dead_queue("user.registered"), 10, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(token_a, handle_a).await;
+    stop(token_b, handle_b).await;
+    let seen_b = seen_b.lock().unwrap().clone();
+    assert_eq!(seen_b.len(), 10, "service b saw each event once, none of a's retries");
+    for e in &events {
+        assert_eq!(seen_b.iter().filter(|s| s.0 == e.event_id).count(), 1);
+    }
+    support::cleanup(&conn, &ta).await;
+    support::cleanup(&conn, &tb).await;
+}
