@@ -66,6 +66,9 @@ pub struct PublisherSettings {
     pub confirm_timeout: Duration,
     /// `source` (and AMQP `app_id`) of events warren builds itself.
     pub source: String,
+    /// Send a publish again (same `event_id`) when the connection died
+    /// before its confirm; otherwise fail it with a "connection lost" error.
+    pub resend_on_reconnect: bool,
 }
 
 /// The consumer service.
@@ -169,6 +172,7 @@ impl Default for Settings {
             publisher: PublisherSettings {
                 confirm_timeout: Duration::from_secs(10),
                 source: "warren".into(),
+                resend_on_reconnect: true,
             },
             consumer: ConsumerSettings {
                 service: "warren".into(),

@@ -13,6 +13,7 @@ use futures_util::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::amqp::{self, ConnectOptions};
@@ -56,47 +57,70 @@ pub struct Message<'a> {
 }
 
 /// A confirmed publisher on its own channel.
+///
+/// Made with [`Publisher::connect`], it owns its connection and keeps it up:
+/// a supervisor task notices a lost connection (heartbeats, broker close,
+/// TCP reset) and reconnects with capped, jittered backoff. A publish that
+/// finds no connection waits for one until its deadline
+/// (`publisher.confirm_timeout`); one whose connection dies before the
+/// confirm is sent again on the new connection, with the same `event_id`,
+/// when `publisher.resend_on_reconnect` is set (it may then reach consumers
+/// twice: they dedupe on `event_id`), and fails with
+/// [`PublishError::ConnectionLost`] otherwise.
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    // Held so the channel stays open as long as the publisher lives.
-    _connection: Option<Arc<Connection>>,
-    channel: Channel,
+    link: watch::Receiver<Option<Arc<Link>>>,
     exchange: String,
     confirm_timeout: Duration,
+    resend: bool,
+    // Cancelled (stopping the supervisor) when the last clone is dropped.
+    _supervisor: Option<tokio_util::sync::DropGuard>,
+}
+
+/// One live connection and its confirm channel.
+struct Link {
+    channel: Channel,
+    _connection: Arc<Connection>,
 }
 
 impl Publisher {
-    /// Connects, opens a confirm channel and declares the events exchange.
+    /// Connects, opens a confirm channel, declares the events exchange, and
+    /// keeps the connection up from then on.
     ///
     /// # Errors
     ///
-    /// [`PublishError::Setup`] naming the cause (URL redacted).
+    /// [`PublishError::Setup`] naming the cause (URL redacted) when the first
+    /// connection fails.
     pub async fn connect(settings: &Settings, connection_name: &str) -> Result<Self, PublishError> {
-        let opts = ConnectOptions {
-            url: settings.amqp.url.clone(),
-            name: connection_name.to_owned(),
-            heartbeat: settings.amqp.heartbeat,
+        let target = Target {
+            opts: ConnectOptions {
+                url: settings.amqp.url.clone(),
+                name: connection_name.to_owned(),
+                heartbeat: settings.amqp.heartbeat,
+            },
+            topology: Topology::from_settings(settings),
         };
-        let conn = Arc::new(
-            amqp::connect(&opts)
-                .await
-                .map_err(|e| PublishError::Setup(e.to_string()))?,
-        );
-        let topology = Topology::from_settings(settings);
-        let setup = conn.create_channel().await.map_err(setup_err)?;
-        topology
-            .declare_exchange(&setup)
-            .await
-            .map_err(|e| PublishError::Setup(e.to_string()))?;
-        let _ = setup.close(200, "declared".into()).await;
-        Self::on_connection(conn, &topology.exchange, settings.publisher.confirm_timeout).await
+        let first = target.open().await?;
+        let (tx, rx) = watch::channel(Some(first.clone()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(supervise(target, first, tx, stop.clone()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                link: rx,
+                exchange: settings.topology.exchange.clone(),
+                confirm_timeout: settings.publisher.confirm_timeout,
+                resend: settings.publisher.resend_on_reconnect,
+                _supervisor: Some(stop.drop_guard()),
+            }),
+        })
     }
 
-    /// A publisher on a new channel of an existing connection.
+    /// A publisher on a new channel of an existing connection, without
+    /// reconnection: whoever owns the connection restarts it.
     ///
     /// # Errors
     ///
@@ -111,12 +135,18 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(setup_err)?;
+        let link = Arc::new(Link {
+            channel,
+            _connection: conn,
+        });
+        let (_tx, rx) = watch::channel(Some(link));
         Ok(Self {
             inner: Arc::new(Inner {
-                _connection: Some(conn),
-                channel,
+                link: rx,
                 exchange: exchange.to_owned(),
                 confirm_timeout,
+                resend: false,
+                _supervisor: None,
             }),
         })
     }
@@ -127,10 +157,14 @@ impl Publisher {
         &self.inner.exchange
     }
 
-    /// Whether the channel is still open.
+    /// Whether the publisher has a live connection right now.
     #[must_use]
     pub fn is_connected(&self) -> bool {
-        self.inner.channel.status().connected()
+        self.inner
+            .link
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.channel.status().connected())
     }
 
     /// Publishes a typed event and waits for the broker's confirm.
@@ -198,37 +232,176 @@ impl Publisher {
     /// See [`PublishError`].
     pub async fn send(&self, msg: Message<'_>) -> Result<(), PublishError> {
         let timeout = self.inner.confirm_timeout;
-        tokio::time::timeout(timeout, self.send_inner(&msg))
-            .await
-            .map_err(|_| PublishError::Timeout(timeout))?
+        let deadline = tokio::time::Instant::now() + timeout;
+        let started = std::time::Instant::now();
+        let result = self.send_until(&msg, deadline).await;
+        if !self.inner.exchange.is_empty() && msg.exchange == self.inner.exchange {
+            let outcome = match &result {
+                Ok(()) => "confirmed",
+                Err(e) => e.outcome(),
+            };
+            metrics::counter!("warren_published_total", "event_type" => msg.routing_key.to_owned(), "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("warren_publish_duration_seconds", "event_type" => msg.routing_key.to_owned())
+                .record(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
-    async fn send_inner(&self, msg: &Message<'_>) -> Result<(), PublishError> {
-        let confirm = self
-            .inner
-            .channel
-            .basic_publish(
-                msg.exchange.into(),
-                msg.routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                msg.body,
-                msg.properties.clone(),
-            )
+    async fn send_until(&self, msg: &Message<'_>, deadline: tokio::time::Instant) -> Result<(), PublishError> {
+        let timeout = self.inner.confirm_timeout;
+        let mut link_rx = self.inner.link.clone();
+        loop {
+            let link = match tokio::time::timeout_at(deadline, link_rx.wait_for(Option::is_some)).await {
+                Ok(Ok(link)) => link.clone().expect("waited for Some"),
+                Ok(Err(_)) => return Err(PublishError::ConnectionLost("publisher stopped".into())),
+                Err(_) => {
+                    return Err(PublishError::ConnectionLost(format!(
+                        "not connected to RabbitMQ for {timeout:?}"
+                    )));
+                }
+            };
+            match tokio::time::timeout_at(deadline, send_on(&link.channel, msg)).await {
+                Err(_) => return Err(PublishError::Timeout(timeout)),
+                Ok(Err(PublishError::ConnectionLost(reason))) => {
+                    if !self.inner.resend || self.inner._supervisor.is_none() {
+                        return Err(PublishError::ConnectionLost(reason));
+                    }
+                    tracing::debug!(%reason, "connection lost before the confirm: sending again after reconnect");
+                    // Wait for the supervisor to replace this link.
+                    let _ = tokio::time::timeout_at(
+                        deadline,
+                        link_rx.wait_for(|l| l.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &link))),
+                    )
+                    .await;
+                }
+                Ok(other) => return other,
+            }
+        }
+    }
+}
+
+async fn send_on(channel: &Channel, msg: &Message<'_>) -> Result<(), PublishError> {
+    let confirm = channel
+        .basic_publish(
+            msg.exchange.into(),
+            msg.routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            msg.body,
+            msg.properties.clone(),
+        )
+        .await
+        .map_err(lost)?;
+    match confirm.await.map_err(lost)? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
+            exchange: msg.exchange.to_owned(),
+            routing_key: msg.routing_key.to_owned(),
+        }),
+        Confirmation::Nack(_) => Err(PublishError::Nacked {
+            routing_key: msg.routing_key.to_owned(),
+        }),
+        Confirmation::NotRequested => Err(PublishError::Setup("publisher confirms are not enabled".into())),
+    }
+}
+
+/// Where the supervisor connects, and what it declares there.
+struct Target {
+    opts: ConnectOptions,
+    topology: Topology,
+}
+
+impl Target {
+    async fn open(&self) -> Result<Arc<Link>, PublishError> {
+        let conn = Arc::new(
+            amqp::connect(&self.opts)
+                .await
+                .map_err(|e| PublishError::Setup(e.to_string()))?,
+        );
+        let setup = conn.create_channel().await.map_err(setup_err)?;
+        self.topology
+            .declare_exchange(&setup)
             .await
-            .map_err(lost)?;
-        match confirm.await.map_err(lost)? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
-                exchange: msg.exchange.to_owned(),
-                routing_key: msg.routing_key.to_owned(),
-            }),
-            Confirmation::Nack(_) => Err(PublishError::Nacked {
-                routing_key: msg.routing_key.to_owned(),
-            }),
-            Confirmation::NotRequested => Err(PublishError::Setup("publisher confirms are not enabled".into())),
+            .map_err(|e| PublishError::Setup(e.to_string()))?;
+        let _ = setup.close(200, "declared".into()).await;
+        let channel = conn.create_channel().await.map_err(setup_err)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(setup_err)?;
+        Ok(Arc::new(Link {
+            channel,
+            _connection: conn,
+        }))
+    }
+}
+
+/// Watches the live link; when it dies, clears it (publishes wait) and
+/// reconnects with backoff.
+async fn supervise(
+    target: Target,
+    mut link: Arc<Link>,
+    tx: watch::Sender<Option<Arc<Link>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut backoff = crate::consumer::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        metrics::gauge!("warren_broker_connected", "role" => "publisher").set(1.0);
+        let cause = tokio::select! {
+            () = stop.cancelled() => return,
+            cause = watch_link(&link) => cause,
+        };
+        let _ = tx.send(None);
+        metrics::gauge!("warren_broker_connected", "role" => "publisher").set(0.0);
+        tracing::warn!(%cause, "publisher lost its connection to RabbitMQ; reconnecting");
+        loop {
+            let wait = backoff.next_delay();
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match target.open().await {
+                Ok(new) => {
+                    link = new;
+                    let _ = tx.send(Some(link.clone()));
+                    backoff.reset();
+                    tracing::info!("publisher reconnected to RabbitMQ");
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "publisher cannot reconnect yet"),
+            }
+        }
+    }
+}
+
+/// Resolves when the link is dead; logs flow control on the way.
+async fn watch_link(link: &Link) -> String {
+    use futures_util::StreamExt;
+    let mut events = link._connection.events_listener();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    metrics::gauge!("warren_broker_blocked").set(1.0);
+                    tracing::warn!(%reason, "RabbitMQ blocked publishing (resource alarm): publishes wait up to their timeout");
+                }
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    metrics::gauge!("warren_broker_blocked").set(0.0);
+                    tracing::info!("RabbitMQ unblocked publishing");
+                }
+                Some(lapin::Event::Error(e)) => return amqp::describe(&e),
+                Some(_) => {}
+                None => return "connection dropped".into(),
+            },
+            _ = tick.tick() => {
+                if !link.channel.status().connected() {
+                    return "channel closed".into();
+                }
+            }
         }
     }
 }
@@ -255,6 +428,20 @@ pub fn event_properties(
         props = props.with_headers(headers);
     }
     props
+}
+
+impl PublishError {
+    /// The `outcome` label of `warren_published_total`.
+    #[must_use]
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            PublishError::Unroutable { .. } => "unroutable",
+            PublishError::Nacked { .. } => "nacked",
+            PublishError::Timeout(_) => "timeout",
+            PublishError::ConnectionLost(_) | PublishError::Setup(_) => "connection_lost",
+            PublishError::Serialize(_) => "invalid",
+        }
+    }
 }
 
 fn setup_err(e: lapin::Error) -> PublishError {

@@ -124,8 +124,14 @@ impl Worker {
             let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
         }
         tracker.close();
-        let timeout = shared.worker.shutdown_timeout;
-        if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        // On a dead channel nothing can be acked any more: the broker
+        // redelivers everything in flight, so there is nothing to wait for.
+        let timeout = if channel.status().connected() {
+            shared.worker.shutdown_timeout
+        } else {
+            Duration::ZERO
+        };
+        if tokio::time::timeout(timeout, tracker.wait()).await.is_err() && !tracker.is_empty() {
             warn!(
                 queue,
                 unfinished = tracker.len(),

@@ -2,6 +2,9 @@
 //! when there is no broker (a broker test never skips).
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod proxy;
+
 use std::sync::Arc;
 use std::time::Duration;
 
