@@ -12,11 +12,13 @@
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
 //! - [`amqp`]: connecting (named connections, heartbeats, URL redaction).
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
+//! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 
 pub mod amqp;
 pub mod config;
 pub mod event;
+pub mod http;
 pub mod metrics;
 pub mod publisher;
 pub mod topology;
