@@ -197,8 +197,8 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
-            "the request took too long; events in it may or may not have been stored: \
-             retry later with the same event_id",
+            "the request took too long; its events may or may not have been stored: retry later \
+             (consumers can deduplicate events that carry their own event_id)",
         )
     }
 
@@ -213,7 +213,7 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            "no such endpoint: POST /events, POST /events/batch, GET /healthz, /readyz, /metrics",
+            "no such endpoint: events go to POST /events or POST /events/batch",
         )
     }
 

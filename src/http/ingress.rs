@@ -171,7 +171,8 @@ async fn item_result(
         Ok(env) => match publish(state, &env).await {
             Ok(()) => ("accepted", Some(env.event_id), None),
             Err(e) => {
-                let (_, body) = publish_body(&e, env.event_id);
+                let (_, mut body) = publish_body(&e, env.event_id);
+                body.event_id = None; // on the item already
                 ("failed", Some(env.event_id), Some(body))
             }
         },
