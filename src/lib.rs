@@ -13,11 +13,15 @@
 //! - [`amqp`]: connecting (named connections, heartbeats, URL redaction).
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
+//! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
+//! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 
 pub mod amqp;
 pub mod config;
 pub mod consumer;
 pub mod event;
+pub mod http;
+pub mod metrics;
 pub mod publisher;
 pub mod topology;
 

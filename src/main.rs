@@ -65,8 +65,12 @@ enum Command {
         #[command(flatten)]
         handler: HandlerArgs,
     },
-    /// Run everything this process serves: the consumer service (and the HTTP
-    /// ingress). The main job of a warren deployment.
+    /// Run the HTTP ingress: POST /events publishes with a broker confirm,
+    /// then answers 202. Also serves /healthz, /readyz and /metrics.
+    Ingress,
+    /// Run everything in one process: the consumer service and the HTTP
+    /// ingress (with /healthz, /readyz, /metrics). The main job of a warren
+    /// deployment.
     Run {
         #[command(flatten)]
         handler: HandlerArgs,
@@ -171,18 +175,67 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Config => print!("{}", settings.redacted_toml()),
-        Command::Consume { handler } | Command::Run { handler } => {
+        Command::Consume { handler } => {
             let shutdown = shutdown_on_signal();
-            consumer(settings, handler.handler).run(shutdown).await?;
+            consumer(settings, handler.handler)?.run(shutdown).await?;
+        }
+        Command::Ingress => {
+            let shutdown = shutdown_on_signal();
+            ingress(&settings, shutdown).await?;
+        }
+        Command::Run { handler } => {
+            let shutdown = shutdown_on_signal();
+            warren::metrics::install()?;
+            let consumer = consumer(settings.clone(), handler.handler)?;
+            let stop = shutdown.clone();
+            // Whichever ends first (a signal, or a fatal error) stops the other.
+            let consuming = tokio::spawn(async move {
+                let result = consumer.run(stop.clone()).await;
+                stop.cancel();
+                result
+            });
+            let serving = ingress(&settings, shutdown.clone()).await;
+            shutdown.cancel();
+            let consumed = consuming.await.context("consumer task")?;
+            serving?;
+            consumed?;
         }
     }
     Ok(())
 }
 
-fn consumer(settings: Settings, kind: HandlerKind) -> Consumer {
-    match kind {
+fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
+    Ok(match kind {
         HandlerKind::Log => Consumer::new(settings).on_all(LogHandler),
+    })
+}
+
+/// Serves the ingress (and metrics) until `shutdown`; the publisher connects
+/// in the background so /healthz answers and /readyz says 503 while the
+/// broker is down.
+async fn ingress(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let handle = warren::metrics::install()?;
+    let publisher = Publisher::start(settings, &format!("{} ingress", settings.amqp.connection_name));
+    let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress);
+    let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;
+    tracing::info!(listen = %settings.ingress.listen, "ingress listening");
+    match settings.metrics.listen {
+        None => warren::http::serve(listener, state.with_metrics(handle), shutdown).await?,
+        Some(addr) => {
+            let metrics_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+            tracing::info!(listen = %addr, "metrics listening");
+            let metrics =
+                warren::http::serve_metrics(metrics_listener, state.clone().with_metrics(handle), shutdown.clone());
+            let (a, b) = tokio::join!(warren::http::serve(listener, state, shutdown), metrics);
+            a?;
+            b?;
+        }
     }
+    Ok(())
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM; a second one exits at once.

@@ -96,19 +96,25 @@ impl Publisher {
     /// [`PublishError::Setup`] naming the cause (URL redacted) when the first
     /// connection fails.
     pub async fn connect(settings: &Settings, connection_name: &str) -> Result<Self, PublishError> {
-        let target = Target {
-            opts: ConnectOptions {
-                url: settings.amqp.url.clone(),
-                name: connection_name.to_owned(),
-                heartbeat: settings.amqp.heartbeat,
-            },
-            topology: Topology::from_settings(settings),
-        };
+        let target = Target::new(settings, connection_name);
         let first = target.open().await?;
-        let (tx, rx) = watch::channel(Some(first.clone()));
+        Ok(Self::supervised(settings, target, Some(first)))
+    }
+
+    /// A publisher that connects in the background and keeps retrying until
+    /// it can: for services that must start (and answer "not ready") while
+    /// the broker is still down. Publishes wait for the connection until
+    /// their deadline.
+    #[must_use]
+    pub fn start(settings: &Settings, connection_name: &str) -> Self {
+        Self::supervised(settings, Target::new(settings, connection_name), None)
+    }
+
+    fn supervised(settings: &Settings, target: Target, first: Option<Arc<Link>>) -> Self {
+        let (tx, rx) = watch::channel(first.clone());
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(supervise(target, first, tx, stop.clone()));
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 link: rx,
                 exchange: settings.topology.exchange.clone(),
@@ -116,7 +122,7 @@ impl Publisher {
                 resend: settings.publisher.resend_on_reconnect,
                 _supervisor: Some(stop.drop_guard()),
             }),
-        })
+        }
     }
 
     /// A publisher on a new channel of an existing connection, without
@@ -236,14 +242,7 @@ impl Publisher {
         let started = std::time::Instant::now();
         let result = self.send_until(&msg, deadline).await;
         if !self.inner.exchange.is_empty() && msg.exchange == self.inner.exchange {
-            let outcome = match &result {
-                Ok(()) => "confirmed",
-                Err(e) => e.outcome(),
-            };
-            metrics::counter!("warren_published_total", "event_type" => msg.routing_key.to_owned(), "outcome" => outcome)
-                .increment(1);
-            metrics::histogram!("warren_publish_duration_seconds", "event_type" => msg.routing_key.to_owned())
-                .record(started.elapsed().as_secs_f64());
+            crate::metrics::record_publish(msg.routing_key, &result, started.elapsed());
         }
         result
     }
@@ -315,6 +314,17 @@ struct Target {
 }
 
 impl Target {
+    fn new(settings: &Settings, connection_name: &str) -> Self {
+        Self {
+            opts: ConnectOptions {
+                url: settings.amqp.url.clone(),
+                name: connection_name.to_owned(),
+                heartbeat: settings.amqp.heartbeat,
+            },
+            topology: Topology::from_settings(settings),
+        }
+    }
+
     async fn open(&self) -> Result<Arc<Link>, PublishError> {
         let conn = Arc::new(
             amqp::connect(&self.opts)
@@ -343,37 +353,40 @@ impl Target {
 /// reconnects with backoff.
 async fn supervise(
     target: Target,
-    mut link: Arc<Link>,
+    mut link: Option<Arc<Link>>,
     tx: watch::Sender<Option<Arc<Link>>>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut backoff = crate::consumer::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
-        metrics::gauge!("warren_broker_connected", "role" => "publisher").set(1.0);
-        let cause = tokio::select! {
-            () = stop.cancelled() => return,
-            cause = watch_link(&link) => cause,
-        };
-        let _ = tx.send(None);
-        metrics::gauge!("warren_broker_connected", "role" => "publisher").set(0.0);
-        tracing::warn!(%cause, "publisher lost its connection to RabbitMQ; reconnecting");
-        loop {
-            let wait = backoff.next_delay();
-            tokio::select! {
+        if let Some(live) = &link {
+            metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "publisher").set(1.0);
+            let cause = tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
+                cause = watch_link(live) => cause,
+            };
+            let _ = tx.send(None);
+            tracing::warn!(%cause, "publisher lost its connection to RabbitMQ; reconnecting");
+        }
+        metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "publisher").set(0.0);
+        link = loop {
             match target.open().await {
                 Ok(new) => {
-                    link = new;
-                    let _ = tx.send(Some(link.clone()));
+                    let _ = tx.send(Some(new.clone()));
                     backoff.reset();
-                    tracing::info!("publisher reconnected to RabbitMQ");
-                    break;
+                    tracing::info!("publisher connected to RabbitMQ");
+                    break Some(new);
                 }
-                Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "publisher cannot reconnect yet"),
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "publisher cannot connect yet");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
             }
-        }
+        };
     }
 }
 
@@ -386,11 +399,11 @@ async fn watch_link(link: &Link) -> String {
         tokio::select! {
             event = events.next() => match event {
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
-                    metrics::gauge!("warren_broker_blocked").set(1.0);
+                    metrics::gauge!(crate::metrics::BROKER_BLOCKED).set(1.0);
                     tracing::warn!(%reason, "RabbitMQ blocked publishing (resource alarm): publishes wait up to their timeout");
                 }
                 Some(lapin::Event::ConnectionUnblocked) => {
-                    metrics::gauge!("warren_broker_blocked").set(0.0);
+                    metrics::gauge!(crate::metrics::BROKER_BLOCKED).set(0.0);
                     tracing::info!("RabbitMQ unblocked publishing");
                 }
                 Some(lapin::Event::Error(e)) => return amqp::describe(&e),
@@ -428,20 +441,6 @@ pub fn event_properties(
         props = props.with_headers(headers);
     }
     props
-}
-
-impl PublishError {
-    /// The `outcome` label of `warren_published_total`.
-    #[must_use]
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            PublishError::Unroutable { .. } => "unroutable",
-            PublishError::Nacked { .. } => "nacked",
-            PublishError::Timeout(_) => "timeout",
-            PublishError::ConnectionLost(_) | PublishError::Setup(_) => "connection_lost",
-            PublishError::Serialize(_) => "invalid",
-        }
-    }
 }
 
 fn setup_err(e: lapin::Error) -> PublishError {

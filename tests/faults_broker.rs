@@ -82,7 +82,9 @@ struct WatermarkGuard;
 
 impl Drop for WatermarkGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl").args(["-q", "set_vm_memory_high_watermark", "0.4"]).status();
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "set_vm_memory_high_watermark", "0.4"])
+            .status();
     }
 }
 
@@ -95,16 +97,25 @@ async fn a_blocked_broker_makes_publishes_time_out_then_recover() {
     s.publisher.confirm_timeout = Duration::from_secs(2);
     let topology = support::declare(&conn, &s).await;
     let publisher = Publisher::connect(&s, "faults-blocked").await.unwrap();
-    publisher.publish(&support::registered(1)).await.expect("before the alarm");
+    publisher
+        .publish(&support::registered(1))
+        .await
+        .expect("before the alarm");
 
     let guard = WatermarkGuard;
     faults::rabbitmqctl(&["-q", "set_vm_memory_high_watermark", "absolute", "1"]);
     tokio::time::sleep(Duration::from_secs(2)).await; // the alarm is raised on the broker's next memory check
     let started = std::time::Instant::now();
-    let err = publisher.publish(&support::registered(2)).await.expect_err("no confirm while blocked");
+    let err = publisher
+        .publish(&support::registered(2))
+        .await
+        .expect_err("no confirm while blocked");
     let waited = started.elapsed();
     assert!(matches!(err, warren::PublishError::Timeout(_)), "{err:?}");
-    assert!(waited < Duration::from_secs(5), "the publish gave up after its timeout, not later: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "the publish gave up after its timeout, not later: {waited:?}"
+    );
     drop(guard);
 
     // Unblocked: the same publisher works again.

@@ -153,7 +153,7 @@ impl Consumer {
                     if connected {
                         backoff.reset();
                     }
-                    metrics::gauge!("warren_broker_connected", "role" => "consumer").set(0.0);
+                    metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
                     let wait = backoff.next_delay();
                     warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
                     tokio::select! {
@@ -189,7 +189,7 @@ impl Consumer {
         let republisher = Publisher::on_connection(conn.clone(), "", s.publisher.confirm_timeout)
             .await
             .map_err(SessionError::setup)?;
-        metrics::gauge!("warren_broker_connected", "role" => "consumer").set(1.0);
+        metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
         info!(
             service = s.consumer.service,
             queues = self.routes.len(),

@@ -171,7 +171,7 @@ impl Shared {
         };
         let started = Instant::now();
         let outcome = self.worker.route.process(&delivery.data, ctx).await;
-        metrics::histogram!("warren_handler_duration_seconds", "queue" => self.queue.clone())
+        metrics::histogram!(crate::metrics::HANDLER_DURATION_SECONDS, "queue" => self.queue.clone())
             .record(started.elapsed().as_secs_f64());
         let (decision, error) = match outcome {
             Outcome::Handled(r) => {
@@ -238,7 +238,7 @@ impl Shared {
 }
 
 fn count(queue: &str, outcome: &'static str) {
-    metrics::counter!("warren_consumed_total", "queue" => queue.to_owned(), "outcome" => outcome).increment(1);
+    metrics::counter!(crate::metrics::CONSUMED_TOTAL, "queue" => queue.to_owned(), "outcome" => outcome).increment(1);
 }
 
 enum AckMsg {
@@ -272,7 +272,7 @@ impl AckTask {
                     if let Err(e) = channel.basic_ack(tag, BasicAckOptions { multiple }).await {
                         // The channel is gone: the broker will redeliver these.
                         stale += 1;
-                        metrics::counter!("warren_stale_acks_total", "queue" => queue.clone()).increment(1);
+                        metrics::counter!(crate::metrics::STALE_ACKS_TOTAL, "queue" => queue.clone()).increment(1);
                         debug!(queue, tag, error = %describe(&e), "ack on a closed channel");
                     }
                 }

@@ -1,0 +1,270 @@
+//! `POST /events` and `POST /events/batch`: validate, publish with confirm,
+//! and answer only once the broker has the event.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::join_all;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS, decode_body, publish_body};
+use crate::event::{DecodeError, RawEnvelope};
+use crate::publisher::PublishError;
+
+/// The 202 answer of `POST /events`.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    event_id: Uuid,
+    status: &'static str,
+}
+
+/// `POST /events`: one envelope.
+pub(crate) async fn publish_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body, state.settings.max_body)?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| ApiError::malformed(&e))?;
+    let (env, _) = RawEnvelope::parse_known(&body).map_err(ApiError::from_decode)?;
+    if !state.sink.is_ready() {
+        return Err(ApiError::unavailable());
+    }
+    publish(&state, &env)
+        .await
+        .map_err(|e| ApiError::from_publish(&e, env.event_id))?;
+    let accepted = Accepted {
+        event_id: env.event_id,
+        status: "accepted",
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// Checks the content type, then takes the body (the extractor already
+/// applied `ingress.max_body`).
+fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Bytes, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+    if !content_type.is_some_and(is_json) {
+        let shown = content_type.map(String::from_utf8_lossy);
+        return Err(ApiError::unsupported_media_type(shown.as_deref()));
+    }
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::body_too_large(max_body)
+        } else {
+            tracing::debug!(error = %rejection, "cannot read request body");
+            ApiError::unreadable_body()
+        }
+    })
+}
+
+/// `application/json` or `application/<something>+json`, any parameters.
+fn is_json(content_type: &[u8]) -> bool {
+    let Ok(ct) = std::str::from_utf8(content_type) else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn publish(state: &AppState, env: &RawEnvelope) -> Result<(), PublishError> {
+    let result = state.sink.publish(env).await;
+    match &result {
+        Ok(()) => {
+            tracing::debug!(event_id = %env.event_id, event_type = env.event_type, "event accepted")
+        }
+        Err(e) => tracing::warn!(
+            event_id = %env.event_id,
+            event_type = env.event_type,
+            error = %e,
+            "event not published"
+        ),
+    }
+    result
+}
+
+/// One item of a batch answer.
+#[derive(Debug, Serialize)]
+struct ItemResult {
+    index: usize,
+    /// `accepted`, `rejected` (invalid: do not re-send as is) or `failed`
+    /// (not stored: re-send with the same `event_id`).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody>,
+}
+
+/// The answer of `POST /events/batch`.
+#[derive(Debug, Serialize)]
+struct BatchResult {
+    accepted: usize,
+    rejected: usize,
+    failed: usize,
+    results: Vec<ItemResult>,
+}
+
+/// `POST /events/batch`: a JSON array of envelopes, answered per item. Valid
+/// items are published (confirms in flight together) even when others are
+/// rejected.
+pub(crate) async fn publish_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body, state.settings.max_body)?;
+    let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_data() {
+            ApiError::not_an_array()
+        } else {
+            ApiError::malformed(&e)
+        }
+    })?;
+    if items.len() > state.settings.max_batch {
+        return Err(ApiError::batch_too_large(items.len(), state.settings.max_batch));
+    }
+    let parsed: Vec<_> = items
+        .iter()
+        .map(|raw| RawEnvelope::parse_known(raw.get().as_bytes()).map(|(env, _)| env))
+        .collect();
+    if parsed.iter().any(Result::is_ok) && !state.sink.is_ready() {
+        return Err(ApiError::unavailable());
+    }
+    let results = join_all(
+        parsed
+            .into_iter()
+            .enumerate()
+            .map(|(index, p)| item_result(&state, index, p)),
+    )
+    .await;
+    Ok(batch_response(results))
+}
+
+/// Publishes one parsed item (when it is valid) and says how it went.
+async fn item_result(state: &AppState, index: usize, parsed: Result<RawEnvelope, DecodeError>) -> ItemResult {
+    let (status, event_id, error) = match parsed {
+        Err(e) => ("rejected", None, Some(decode_body(e))),
+        Ok(env) => match publish(state, &env).await {
+            Ok(()) => ("accepted", Some(env.event_id), None),
+            Err(e) => {
+                let (_, mut body) = publish_body(&e, env.event_id);
+                body.event_id = None; // on the item already
+                ("failed", Some(env.event_id), Some(body))
+            }
+        },
+    };
+    ItemResult {
+        index,
+        status,
+        event_id,
+        error,
+    }
+}
+
+/// 202 when every item is accepted, 422 when every item is rejected, 207
+/// for accepted and rejected ones; when any item failed at the broker, the
+/// status of that failure (503 + `Retry-After`, or 500 when no failure is
+/// worth retrying soon).
+fn batch_response(results: Vec<ItemResult>) -> Response {
+    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    let (accepted, rejected, failed) = (count("accepted"), count("rejected"), count("failed"));
+    let retryable = results.iter().any(|r| {
+        r.status == "failed"
+            && r.error
+                .as_ref()
+                .is_some_and(|e| !matches!(e.code, "unroutable" | "internal"))
+    });
+    let status = if failed > 0 && retryable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if failed > 0 {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else if rejected == 0 {
+        StatusCode::ACCEPTED
+    } else if accepted == 0 {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    let body = BatchResult {
+        accepted,
+        rejected,
+        failed,
+        results,
+    };
+    let mut res = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        res.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.warren+json",
+        ] {
+            assert!(is_json(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["text/plain", "application/jsonx", "text/json", "", "json"] {
+            assert!(!is_json(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    fn item(status: &'static str, code: &'static str) -> ItemResult {
+        ItemResult {
+            index: 0,
+            status,
+            event_id: None,
+            error: (status != "accepted").then(|| ErrorBody {
+                code,
+                message: String::new(),
+                field: None,
+                event_id: None,
+                known_types: None,
+                line: None,
+                column: None,
+                limit: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn batch_status_rules() {
+        let status = |items: Vec<ItemResult>| batch_response(items).status();
+        assert_eq!(status(vec![]), StatusCode::ACCEPTED);
+        assert_eq!(status(vec![item("accepted", "")]), StatusCode::ACCEPTED);
+        assert_eq!(
+            status(vec![item("rejected", "invalid_field")]),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status(vec![item("accepted", ""), item("rejected", "invalid_field")]),
+            StatusCode::MULTI_STATUS
+        );
+        assert_eq!(
+            status(vec![item("accepted", ""), item("failed", "confirm_timeout")]),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(vec![item("failed", "unroutable"), item("rejected", "x")]),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status(vec![item("failed", "unroutable"), item("failed", "nacked")]),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! The HTTP side of warren: the event ingress (`POST /events`,
+//! `POST /events/batch`), health probes and Prometheus metrics.
+//!
+//! Build an [`AppState`] from an [`EventSink`] (a [`crate::Publisher`], or a
+//! fake in tests) and the ingress settings, then serve [`router`] (testable
+//! without a socket with `tower::ServiceExt::oneshot`) or call [`serve`],
+//! which stops gracefully when its token is cancelled. The library never reads
+//! the environment or signals: the caller supplies the listener and the token.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tokio_util::sync::CancellationToken;
+//! use warren::http::{AppState, serve};
+//! use warren::{Publisher, Settings};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = Settings::default();
+//! let publisher = Publisher::connect(&settings, "warren-ingress").await?;
+//! let state = AppState::new(Arc::new(publisher), &settings.ingress)
+//!     .with_metrics(warren::metrics::install()?);
+//! let listener = tokio::net::TcpListener::bind(settings.ingress.listen).await?;
+//! serve(listener, state, CancellationToken::new()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Status codes and bodies are documented in `docs/HTTP.md`.
+
+mod error;
+mod health;
+mod ingress;
+mod middleware;
+mod sink;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::IngressSettings;
+pub use error::RETRY_AFTER_SECS;
+pub use sink::EventSink;
+
+/// What the handlers share: the sink, the ingress settings and, when this
+/// router serves `/metrics`, the Prometheus handle.
+#[derive(Clone)]
+pub struct AppState {
+    sink: Arc<dyn EventSink>,
+    settings: Arc<IngressSettings>,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    /// State for a router that publishes to `sink` under `settings`
+    /// (`max_body`, `max_batch`, `token`, `request_timeout`). Without
+    /// [`AppState::with_metrics`] the router has no `/metrics`.
+    #[must_use]
+    pub fn new(sink: Arc<dyn EventSink>, settings: &IngressSettings) -> Self {
+        Self {
+            sink,
+            settings: Arc::new(settings.clone()),
+            metrics: None,
+        }
+    }
+
+    /// Serves `/metrics` from `handle` (see [`crate::metrics::install`]).
+    #[must_use]
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+}
+
+/// The ingress: `POST /events`, `POST /events/batch` (bearer token when
+/// `ingress.token` is set), `GET /healthz`, `GET /readyz` and, when the state
+/// has a metrics handle, `GET /metrics`.
+pub fn router(state: AppState) -> Router {
+    let events = Router::new()
+        .route("/events", post(ingress::publish_one))
+        .route("/events/batch", post(ingress::publish_batch))
+        .layer(DefaultBodyLimit::max(state.settings.max_body))
+        .route_layer(from_fn_with_state(state.clone(), middleware::require_token));
+    let mut app = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if state.metrics.is_some() {
+        app = app.route("/metrics", get(health::metrics));
+    }
+    app.merge(events)
+        .fallback(|| async { error::ApiError::not_found().into_response() })
+        .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed().into_response() })
+        .layer(from_fn_with_state(state.clone(), middleware::deadline))
+        .layer(from_fn(middleware::record))
+        .with_state(state)
+}
+
+/// `GET /metrics`, `GET /healthz` and `GET /readyz` alone, for
+/// `metrics.listen` (no token, no ingress). The state needs a metrics handle.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { error::ApiError::not_found().into_response() })
+        .with_state(state)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` is cancelled, then
+/// stops accepting connections and lets requests in flight finish (each is
+/// bounded by `ingress.request_timeout`).
+///
+/// # Errors
+///
+/// An I/O error of the listener.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    serve_router(listener, router(state), shutdown, "ingress").await
+}
+
+/// Serves [`metrics_router`] on `listener` (for `metrics.listen`) until
+/// `shutdown` is cancelled.
+///
+/// # Errors
+///
+/// An I/O error of the listener.
+pub async fn serve_metrics(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    serve_router(listener, metrics_router(state), shutdown, "metrics").await
+}
+
+async fn serve_router(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, what, "HTTP listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    tracing::info!(%addr, what, "HTTP stopped");
+    Ok(())
+}

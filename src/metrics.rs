@@ -1,0 +1,235 @@
+//! Prometheus metrics: the names warren emits, their help texts, and the recorder.
+//!
+//! Every metric warren emits is named by a constant here, so producers of a
+//! metric (the ingress, the publisher, the consumer, the webhook handler) and
+//! `docs/HTTP.md` agree on one spelling. [`install`] sets up the global
+//! `metrics` recorder once and returns the handle that renders `/metrics`.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | [`PUBLISHED_TOTAL`] | counter | `event_type`, `outcome` = `confirmed` \| `unroutable` \| `nacked` \| `timeout` \| `connection_lost` \| `error` |
+//! | [`PUBLISH_DURATION_SECONDS`] | histogram | `event_type` |
+//! | [`CONSUMED_TOTAL`] | counter | `queue`, `outcome` = `acked` \| `retried` \| `dead_lettered` \| `requeued` |
+//! | [`HANDLER_DURATION_SECONDS`] | histogram | `queue` |
+//! | [`INGRESS_REQUESTS_TOTAL`] | counter | `route`, `status` |
+//! | [`INGRESS_REQUEST_DURATION_SECONDS`] | histogram | `route` |
+//! | [`BROKER_CONNECTED`] | gauge | `role` = `publisher` \| `consumer` \| `ingress` |
+//! | [`BROKER_BLOCKED`] | gauge | none |
+//! | [`STALE_ACKS_TOTAL`] | counter | `queue` |
+//! | [`WEBHOOK_REQUESTS_TOTAL`] | counter | `outcome` = `ok` \| `transient` \| `permanent` |
+//! | [`WEBHOOK_DURATION_SECONDS`] | histogram | none |
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::publisher::PublishError;
+
+/// Events published, by `event_type` and `outcome`.
+pub const PUBLISHED_TOTAL: &str = "warren_published_total";
+/// Time from publish to broker confirm (or failure), by `event_type`.
+pub const PUBLISH_DURATION_SECONDS: &str = "warren_publish_duration_seconds";
+/// Deliveries settled by the consumer, by `queue` and `outcome`.
+pub const CONSUMED_TOTAL: &str = "warren_consumed_total";
+/// Time a handler took for one delivery, by `queue`.
+pub const HANDLER_DURATION_SECONDS: &str = "warren_handler_duration_seconds";
+/// HTTP requests answered by the ingress, by `route` and `status`.
+pub const INGRESS_REQUESTS_TOTAL: &str = "warren_ingress_requests_total";
+/// Time the ingress took to answer, by `route`.
+pub const INGRESS_REQUEST_DURATION_SECONDS: &str = "warren_ingress_request_duration_seconds";
+/// 1 while the connection to RabbitMQ is up, else 0.
+pub const BROKER_CONNECTED: &str = "warren_broker_connected";
+/// Deliveries forwarded by the webhook handler, by `outcome`.
+pub const WEBHOOK_REQUESTS_TOTAL: &str = "warren_webhook_requests_total";
+/// Time one webhook delivery took.
+pub const WEBHOOK_DURATION_SECONDS: &str = "warren_webhook_duration_seconds";
+/// 1 while RabbitMQ blocks this process's publishing (memory or disk alarm).
+pub const BROKER_BLOCKED: &str = "warren_broker_blocked";
+/// Acks that could not be sent because their channel had died (the broker
+/// redelivers those messages), by `queue`.
+pub const STALE_ACKS_TOTAL: &str = "warren_stale_acks_total";
+
+/// Histogram buckets (seconds) of every `*_seconds` metric: 0.5 ms to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often the recorder's upkeep (draining histogram samples) runs when
+/// nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The Prometheus recorder could not be installed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot install the Prometheus metrics recorder: {0}")]
+pub struct InstallError(String);
+
+static HANDLE: OnceLock<Result<PrometheusHandle, InstallError>> = OnceLock::new();
+
+/// Installs the global Prometheus recorder (once per process; later calls
+/// return the same handle) and describes every warren metric.
+///
+/// Metrics recorded before the first call are lost: call it at startup.
+///
+/// # Errors
+///
+/// [`InstallError`] when another `metrics` recorder was installed first (by
+/// an embedding application), or the bucket configuration is rejected.
+pub fn install() -> Result<PrometheusHandle, InstallError> {
+    HANDLE.get_or_init(install_once).clone()
+}
+
+fn install_once() -> Result<PrometheusHandle, InstallError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| InstallError(e.to_string()))?;
+    describe();
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("warren-metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
+        })
+        .map_err(|e| InstallError(format!("starting the upkeep thread: {e}")))?;
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        PUBLISHED_TOTAL,
+        Unit::Count,
+        "Events published, by event_type and outcome (confirmed, unroutable, nacked, timeout, connection_lost, error)."
+    );
+    describe_histogram!(
+        PUBLISH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time from publish to the broker's confirm or the failure, by event_type."
+    );
+    describe_counter!(
+        CONSUMED_TOTAL,
+        Unit::Count,
+        "Deliveries settled by the consumer, by queue and outcome (acked, retried, dead_lettered, requeued)."
+    );
+    describe_histogram!(
+        HANDLER_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time a handler took for one delivery, by queue."
+    );
+    describe_counter!(
+        INGRESS_REQUESTS_TOTAL,
+        Unit::Count,
+        "HTTP requests answered by the ingress, by route and status code."
+    );
+    describe_histogram!(
+        INGRESS_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time the ingress took to answer a request, by route."
+    );
+    describe_gauge!(
+        BROKER_CONNECTED,
+        "1 while the connection to RabbitMQ is up, else 0, by role."
+    );
+    describe_counter!(
+        WEBHOOK_REQUESTS_TOTAL,
+        Unit::Count,
+        "Deliveries forwarded by the webhook handler, by outcome."
+    );
+    describe_histogram!(
+        WEBHOOK_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time one webhook delivery took."
+    );
+    describe_gauge!(
+        BROKER_BLOCKED,
+        "1 while RabbitMQ blocks publishing (memory or disk alarm), else 0."
+    );
+    describe_counter!(
+        STALE_ACKS_TOTAL,
+        Unit::Count,
+        "Acks lost with their channel, by queue: the broker redelivers those messages."
+    );
+}
+
+/// The `outcome` label of [`PUBLISHED_TOTAL`] for a publish result.
+#[must_use]
+pub fn publish_outcome(result: &Result<(), PublishError>) -> &'static str {
+    match result {
+        Ok(()) => "confirmed",
+        Err(PublishError::Unroutable { .. }) => "unroutable",
+        Err(PublishError::Nacked { .. }) => "nacked",
+        Err(PublishError::Timeout(_)) => "timeout",
+        Err(PublishError::ConnectionLost(_)) => "connection_lost",
+        Err(PublishError::Setup(_) | PublishError::Serialize(_)) => "error",
+    }
+}
+
+/// Records one publish: [`PUBLISHED_TOTAL`] and [`PUBLISH_DURATION_SECONDS`].
+///
+/// `event_type` must come from a known type (it is a label: unbounded values
+/// would explode the series count).
+pub fn record_publish(event_type: &str, result: &Result<(), PublishError>, elapsed: Duration) {
+    counter!(
+        PUBLISHED_TOTAL,
+        "event_type" => event_type.to_owned(),
+        "outcome" => publish_outcome(result),
+    )
+    .increment(1);
+    histogram!(PUBLISH_DURATION_SECONDS, "event_type" => event_type.to_owned()).record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_twice_returns_a_working_handle() {
+        let a = install().expect("first install");
+        let b = install().expect("second install is not an error");
+        record_publish(
+            "user.registered",
+            &Err(PublishError::Nacked {
+                routing_key: "user.registered".into(),
+            }),
+            Duration::from_millis(3),
+        );
+        let text = b.render();
+        assert!(
+            text.contains(r#"warren_published_total{event_type="user.registered",outcome="nacked"}"#),
+            "{text}"
+        );
+        assert!(text.contains("# HELP warren_published_total"), "{text}");
+        assert!(
+            text.contains(r#"warren_publish_duration_seconds_bucket{event_type="user.registered",le="0.005"}"#),
+            "histograms have latency buckets:\n{text}"
+        );
+        assert!(
+            a.render().contains("warren_published_total"),
+            "both handles render the one global registry"
+        );
+    }
+
+    #[test]
+    fn outcomes_match_the_documented_labels() {
+        assert_eq!(publish_outcome(&Ok(())), "confirmed");
+        assert_eq!(
+            publish_outcome(&Err(PublishError::Timeout(Duration::from_secs(1)))),
+            "timeout"
+        );
+        assert_eq!(
+            publish_outcome(&Err(PublishError::ConnectionLost("x".into()))),
+            "connection_lost"
+        );
+        assert_eq!(
+            publish_outcome(&Err(PublishError::Unroutable {
+                exchange: "x".into(),
+                routing_key: "y".into()
+            })),
+            "unroutable"
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! `POST /events/batch`: per-item answers and whole-batch errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
+use serde_json::json;
+use warren::PublishError;
+use warren::config::IngressSettings;
+
+use super::common::*;
+
+#[tokio::test]
+async fn batch_publishes_the_valid_items_and_answers_each() {
+    let fake = Arc::new(Fake::default());
+    let bad_email = SEED_REGISTERED.replace("john@example.com", "nope");
+    let unknown = SEED_LOGIN.replace("\"user.login\"", "\"user.deleted\"");
+    let body = format!("[{SEED_REGISTERED}, {bad_email}, {SEED_LOGIN}, {unknown}]");
+    let a = call(app(&fake), post("/events/batch", body)).await;
+    assert_eq!(a.status, StatusCode::MULTI_STATUS, "{}", a.body);
+    assert_eq!(
+        (&a.body["accepted"], &a.body["rejected"], &a.body["failed"]),
+        (&json!(2), &json!(2), &json!(0))
+    );
+    let results = a.body["results"].as_array().unwrap();
+    let statuses: Vec<_> = results.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["accepted", "rejected", "accepted", "rejected"]);
+    assert_eq!(results[1]["index"], 1);
+    assert_eq!(results[1]["error"]["field"], "data.email");
+    assert_eq!(results[3]["error"]["code"], "unknown_event_type");
+    let published: Vec<_> = fake.published().iter().map(|e| e.event_id.to_string()).collect();
+    assert_eq!(published.len(), 2);
+    for i in [0, 2] {
+        assert!(published.contains(&results[i]["event_id"].as_str().unwrap().to_owned()));
+    }
+
+    let fake = Arc::new(Fake::default());
+    let a = call(
+        app(&fake),
+        post("/events/batch", format!("[{SEED_REGISTERED},{SEED_LOGIN}]")),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    assert_eq!(fake.published().len(), 2);
+}
+
+#[tokio::test]
+async fn batch_errors_publish_nothing() {
+    let fake = Arc::new(Fake::default());
+    let bad = SEED_REGISTERED.replace("john@example.com", "nope");
+    let a = call(app(&fake), post("/events/batch", format!("[{bad}]"))).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    assert_eq!(a.body["rejected"], 1);
+    assert!(fake.published().is_empty());
+
+    let two = |s: &mut IngressSettings| s.max_batch = 2;
+    let three = format!("[{SEED_REGISTERED},{SEED_LOGIN},{SEED_LOGIN}]");
+    let a = call(app_with(&fake, two), post("/events/batch", three)).await;
+    assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", &fake);
+    assert_eq!(a.body["error"]["limit"], 2);
+
+    let a = call(app(&fake), post("/events/batch", SEED_REGISTERED)).await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "not_an_array", &fake);
+    let a = call(app(&fake), post("/events/batch", "[{\"a\": 1},")).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "malformed_json", &fake);
+}
+
+#[tokio::test]
+async fn batch_with_a_broker_failure_is_503_naming_the_failed_item() {
+    let fake = Arc::new(Fake::failing(|e| {
+        (e.event_type == "user.login").then(|| PublishError::Timeout(Duration::from_secs(1)))
+    }));
+    let body = format!("[{SEED_REGISTERED},{SEED_LOGIN}]");
+    let a = call(app(&fake), post("/events/batch", body)).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert!(a.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(a.body["results"][0]["status"], "accepted");
+    assert_eq!(a.body["results"][1]["status"], "failed");
+    assert_eq!(a.body["results"][1]["error"]["code"], "confirm_timeout");
+    assert!(a.body["results"][1]["event_id"].is_string());
+    assert_eq!(fake.published().len(), 1, "only the confirmed one");
+}
