@@ -13,6 +13,7 @@
 //! - [`amqp`]: connecting (named connections, heartbeats, URL redaction).
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
+//! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 
 pub mod amqp;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod consumer;
 pub mod event;
 pub mod publisher;
 pub mod topology;
+pub mod webhook;
 
 pub use config::Settings;
 pub use event::{Envelope, Event, UserLogin, UserRegistered};
