@@ -15,6 +15,7 @@
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
+//! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 
 pub mod amqp;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod publisher;
 pub mod topology;
+pub mod webhook;
 
 pub use config::Settings;
 pub use event::{Envelope, Event, UserLogin, UserRegistered};

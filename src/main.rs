@@ -79,7 +79,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct HandlerArgs {
-    /// What to do with each event: `log` writes it as one JSON line on stdout.
+    /// What to do with each event: `log` writes it as one JSON line on
+    /// stdout, `webhook` forwards it over HTTP.
     #[arg(long, value_enum, default_value_t = HandlerKind::Log)]
     handler: HandlerKind,
 }
@@ -88,6 +89,10 @@ struct HandlerArgs {
 enum HandlerKind {
     /// One JSON line per event on stdout (event_id, event_type, user_id, attempt, data).
     Log,
+    /// POST each event to webhook.url + webhook.path (GO_BACKEND_URL), signed
+    /// per Standard Webhooks with webhook.secret; 5xx/408/429/timeouts are
+    /// retried, other 4xx dead-lettered.
+    Webhook,
 }
 
 #[derive(Subcommand)]
@@ -207,6 +212,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
     Ok(match kind {
         HandlerKind::Log => Consumer::new(settings).on_all(LogHandler),
+        HandlerKind::Webhook => {
+            let webhook = warren::webhook::WebhookHandler::new(&settings.webhook)?;
+            tracing::info!(
+                endpoint = webhook.endpoint(),
+                signed = webhook.is_signed(),
+                "forwarding events"
+            );
+            Consumer::new(settings).on_all(webhook)
+        }
     })
 }
 
