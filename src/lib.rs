@@ -31,3 +31,14 @@ pub use config::Settings;
 pub use event::{Envelope, Event, UserLogin, UserRegistered};
 pub use publisher::{PublishError, Publisher};
 pub use topology::Topology;
+
+/// The Rust snippets of the README and docs/ compile (as doctests).
+#[cfg(doctest)]
+mod docs {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/HTTP.md")]
+    struct Http;
+    #[doc = include_str!("../docs/WEBHOOK.md")]
+    struct Webhook;
+}

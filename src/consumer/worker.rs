@@ -82,6 +82,7 @@ impl Worker {
 
         let acks = AckTask::start(channel.clone(), queue.clone(), usize::from(self.limits.prefetch) / 4);
         let shared = Arc::new(Shared {
+            metrics: QueueMetrics::new(&queue),
             worker: self,
             queue: queue.clone(),
             channel: channel.clone(),
@@ -147,7 +148,37 @@ impl Worker {
     }
 }
 
+/// Metric handles of one queue, registered once instead of per delivery.
+struct QueueMetrics {
+    acked: metrics::Counter,
+    retried: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    requeued: metrics::Counter,
+    handler: metrics::Histogram,
+}
+
+impl QueueMetrics {
+    fn new(queue: &str) -> Self {
+        let counter = |outcome: &'static str| metrics::counter!(crate::metrics::CONSUMED_TOTAL, "queue" => queue.to_owned(), "outcome" => outcome);
+        Self {
+            acked: counter("acked"),
+            retried: counter("retried"),
+            dead_lettered: counter("dead_lettered"),
+            requeued: counter("requeued"),
+            handler: metrics::histogram!(crate::metrics::HANDLER_DURATION_SECONDS, "queue" => queue.to_owned()),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Settled {
+    Acked,
+    Retried,
+    DeadLettered,
+}
+
 struct Shared {
+    metrics: QueueMetrics,
     worker: Worker,
     queue: String,
     channel: Channel,
@@ -171,8 +202,7 @@ impl Shared {
         };
         let started = Instant::now();
         let outcome = self.worker.route.process(&delivery.data, ctx).await;
-        metrics::histogram!(crate::metrics::HANDLER_DURATION_SECONDS, "queue" => self.queue.clone())
-            .record(started.elapsed().as_secs_f64());
+        self.metrics.handler.record(started.elapsed().as_secs_f64());
         let (decision, error) = match outcome {
             Outcome::Handled(r) => {
                 let error = r.as_ref().err().map(ToString::to_string).unwrap_or_default();
@@ -183,7 +213,7 @@ impl Shared {
         let tag = delivery.delivery_tag;
         let target = match decision {
             Decision::Ack => {
-                self.settle(tag, "acked");
+                self.settle(tag, Settled::Acked);
                 return;
             }
             Decision::Retry { tier } => {
@@ -213,7 +243,14 @@ impl Shared {
         };
         match self.worker.republisher.send(msg).await {
             // Publish confirmed, then ack: a crash in between duplicates, never loses.
-            Ok(()) => self.settle(tag, if target.1.is_some() { "dead_lettered" } else { "retried" }),
+            Ok(()) => self.settle(
+                tag,
+                if target.1.is_some() {
+                    Settled::DeadLettered
+                } else {
+                    Settled::Retried
+                },
+            ),
             Err(e) => {
                 warn!(error = %e, target = target.0, "cannot republish; returning the message to its queue");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -224,21 +261,22 @@ impl Shared {
                 if self.channel.basic_nack(tag, requeue).await.is_ok() {
                     let _ = self.acks.send(AckMsg::Elsewhere(tag));
                 }
-                count(&self.queue, "requeued");
+                self.metrics.requeued.increment(1);
             }
         }
     }
 
-    fn settle(&self, tag: u64, outcome: &'static str) {
-        count(&self.queue, outcome);
+    fn settle(&self, tag: u64, outcome: Settled) {
+        match outcome {
+            Settled::Acked => &self.metrics.acked,
+            Settled::Retried => &self.metrics.retried,
+            Settled::DeadLettered => &self.metrics.dead_lettered,
+        }
+        .increment(1);
         // A closed ack task means the worker gave up on this channel: the
         // broker redelivers the message.
         let _ = self.acks.send(AckMsg::Settle(tag));
     }
-}
-
-fn count(queue: &str, outcome: &'static str) {
-    metrics::counter!(crate::metrics::CONSUMED_TOTAL, "queue" => queue.to_owned(), "outcome" => outcome).increment(1);
 }
 
 enum AckMsg {
