@@ -228,17 +228,7 @@ impl<E: Event> Envelope<E> {
     /// [`DecodeError::Malformed`] when the body is not JSON, [`DecodeError::Invalid`]
     /// when it is JSON but not a valid `E` envelope.
     pub fn from_slice(body: &[u8]) -> Result<Self, DecodeError> {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let env: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                DecodeError::Malformed(inner.to_string())
-            } else {
-                DecodeError::Invalid(ValidationError::from_serde("", &path, &inner))
-            }
-        })?;
-        de.end().map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let env: Self = decode(body)?;
         env.validate()?;
         Ok(env)
     }
@@ -298,16 +288,7 @@ impl RawEnvelope {
     ///
     /// Malformed JSON, an unknown `event_type`, or a field that fails validation.
     pub fn parse_known(body: &[u8]) -> Result<(Self, EventType), DecodeError> {
-        let env: Self =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                if inner.is_syntax() || inner.is_eof() {
-                    DecodeError::Malformed(inner.to_string())
-                } else {
-                    DecodeError::Invalid(ValidationError::from_serde("", &path, &inner))
-                }
-            })?;
+        let env: Self = decode(body)?;
         let kind = env.check_known()?;
         Ok((env, kind))
     }
@@ -324,6 +305,23 @@ impl RawEnvelope {
         check_common(&self.source, self.user_id, data_user_id)?;
         Ok(kind)
     }
+}
+
+/// Deserializes a whole body (trailing bytes are malformed), naming the
+/// field that does not fit.
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            DecodeError::Malformed(inner.to_string())
+        } else {
+            DecodeError::Invalid(ValidationError::from_serde("", &path, &inner))
+        }
+    })?;
+    de.end().map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    Ok(value)
 }
 
 /// Why a body could not become a typed event. All of these are permanent.
@@ -422,32 +420,9 @@ pub fn truncate(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
 
-    pub(crate) const SEED_REGISTERED: &str = r#"{
-        "event_type": "user.registered",
-        "timestamp": "2025-01-20T10:30:00Z",
-        "source": "django-backend",
-        "user_id": 123,
-        "data": {
-            "user_id": 123,
-            "username": "john_doe",
-            "email": "john@example.com",
-            "registration_timestamp": "2025-01-20T10:30:00Z"
-        }
-    }"#;
-
-    pub(crate) const SEED_LOGIN: &str = r#"{
-        "event_type": "user.login",
-        "timestamp": "2025-01-20T10:35:00Z",
-        "source": "django-backend",
-        "user_id": 123,
-        "data": {
-            "user_id": 123,
-            "username": "john_doe",
-            "email": "john@example.com",
-            "login_timestamp": "2025-01-20T10:35:00Z",
-            "ip_address": "192.168.1.100"
-        }
-    }"#;
+    /// The payloads the Django service sends today, byte for byte (no event_id).
+    pub(crate) const SEED_REGISTERED: &str = include_str!("../tests/fixtures/seed_user_registered.json");
+    pub(crate) const SEED_LOGIN: &str = include_str!("../tests/fixtures/seed_user_login.json");
 
     #[test]
     fn seed_payloads_parse_as_they_are() {
@@ -500,8 +475,8 @@ mod tests {
         );
         assert_eq!(
             invalid_field(&SEED_LOGIN.replace(
-                "\"user_id\": 123,\n            \"username\"",
-                "\"user_id\": 124,\n            \"username\""
+                "\"user_id\": 123,\n    \"username\"",
+                "\"user_id\": 124,\n    \"username\""
             )),
             "data.user_id"
         );
@@ -510,14 +485,11 @@ mod tests {
             "data.username"
         );
         assert_eq!(
-            invalid_field(&SEED_REGISTERED.replace(
-                "\"user_id\": 123,\n        \"data\"",
-                "\"user_id\": \"x\",\n        \"data\""
-            )),
+            invalid_field(&SEED_REGISTERED.replace("\"user_id\": 123,\n  \"data\"", "\"user_id\": \"x\",\n  \"data\"")),
             "user_id"
         );
         assert_eq!(
-            invalid_field(&SEED_REGISTERED.replace("\"2025-01-20T10:30:00Z\"\n        }", "12\n        }")),
+            invalid_field(&SEED_REGISTERED.replace("\"2025-01-20T10:30:00Z\"\n  }", "12\n  }")),
             "data.registration_timestamp"
         );
     }

@@ -179,15 +179,7 @@ impl Publisher {
     ///
     /// See [`PublishError`].
     pub async fn publish<E: Event>(&self, envelope: &Envelope<E>) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(envelope).map_err(|e| PublishError::Serialize(e.to_string()))?;
-        self.publish_encoded(
-            &body,
-            envelope.event_id,
-            &envelope.event_type,
-            envelope.timestamp,
-            &envelope.source,
-        )
-        .await
+        self.publish_envelope(envelope).await
     }
 
     /// Publishes an already validated untyped envelope (the ingress and CLI path).
@@ -196,39 +188,31 @@ impl Publisher {
     ///
     /// See [`PublishError`].
     pub async fn publish_raw(&self, envelope: &RawEnvelope) -> Result<(), PublishError> {
+        self.publish_envelope(envelope).await
+    }
+
+    async fn publish_envelope<D: serde::Serialize>(&self, envelope: &Envelope<D>) -> Result<(), PublishError> {
         let body = serde_json::to_vec(envelope).map_err(|e| PublishError::Serialize(e.to_string()))?;
-        self.publish_encoded(
-            &body,
+        let properties = event_properties(
             envelope.event_id,
             &envelope.event_type,
             envelope.timestamp,
             &envelope.source,
-        )
-        .await
+            None,
+        );
+        let msg = Message {
+            exchange: &self.inner.exchange,
+            routing_key: &envelope.event_type,
+            body: &body,
+            properties,
+        };
+        self.send(msg).await
     }
 
     /// Publishes many events with their confirms in flight together; one
     /// result per event, in order.
     pub async fn publish_batch<E: Event>(&self, envelopes: &[Envelope<E>]) -> Vec<Result<(), PublishError>> {
         join_all(envelopes.iter().map(|e| self.publish(e))).await
-    }
-
-    async fn publish_encoded(
-        &self,
-        body: &[u8],
-        event_id: Uuid,
-        event_type: &str,
-        timestamp: chrono::DateTime<chrono::Utc>,
-        source: &str,
-    ) -> Result<(), PublishError> {
-        let properties = event_properties(event_id, event_type, timestamp, source, None);
-        self.send(Message {
-            exchange: &self.inner.exchange,
-            routing_key: event_type,
-            body,
-            properties,
-        })
-        .await
     }
 
     /// Publishes any message (mandatory, with confirm) and waits for the confirm.

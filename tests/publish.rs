@@ -9,17 +9,7 @@ use chrono::Utc;
 use warren::topology::TopologyError;
 use warren::{Envelope, PublishError, Publisher, UserLogin, UserRegistered};
 
-fn registered(user_id: i64) -> Envelope<UserRegistered> {
-    Envelope::new(
-        "tests",
-        UserRegistered {
-            user_id,
-            username: format!("user{user_id}"),
-            email: format!("user{user_id}@example.com"),
-            registration_timestamp: Utc::now(),
-        },
-    )
-}
+use support::registered;
 
 #[tokio::test]
 async fn confirmed_publish_lands_in_the_work_queue_with_amqp_properties() {

@@ -118,17 +118,7 @@ fn webhook_settings(base: &str, timeout: Duration) -> WebhookSettings {
     }
 }
 
-fn registered(user_id: i64) -> Envelope<UserRegistered> {
-    Envelope::new(
-        "tests",
-        UserRegistered {
-            user_id,
-            username: format!("user{user_id}"),
-            email: format!("user{user_id}@example.com"),
-            registration_timestamp: Utc::now(),
-        },
-    )
-}
+use support::registered;
 
 fn ctx() -> Context {
     Context {

@@ -14,33 +14,9 @@ use warren::event::RawEnvelope;
 use warren::http::{AppState, EventSink, router};
 use warren::{PublishError, Settings};
 
-/// The payload the Django service sends today, byte for byte (no event_id).
-pub(crate) const SEED_REGISTERED: &str = r#"{
-        "event_type": "user.registered",
-        "timestamp": "2025-01-20T10:30:00Z",
-        "source": "django-backend",
-        "user_id": 123,
-        "data": {
-            "user_id": 123,
-            "username": "john_doe",
-            "email": "john@example.com",
-            "registration_timestamp": "2025-01-20T10:30:00Z"
-        }
-    }"#;
-
-pub(crate) const SEED_LOGIN: &str = r#"{
-        "event_type": "user.login",
-        "timestamp": "2025-01-20T10:35:00Z",
-        "source": "django-backend",
-        "user_id": 123,
-        "data": {
-            "user_id": 123,
-            "username": "john_doe",
-            "email": "john@example.com",
-            "login_timestamp": "2025-01-20T10:35:00Z",
-            "ip_address": "192.168.1.100"
-        }
-    }"#;
+/// The payloads the Django service sends today, byte for byte (no event_id).
+pub(crate) const SEED_REGISTERED: &str = include_str!("../fixtures/seed_user_registered.json");
+pub(crate) const SEED_LOGIN: &str = include_str!("../fixtures/seed_user_login.json");
 
 /// Which events a [`Fake`] fails, and how.
 pub(crate) type FailWith = fn(&RawEnvelope) -> Option<PublishError>;
