@@ -38,6 +38,18 @@ async fn stop(token: CancellationToken, handle: tokio::task::JoinHandle<()>) {
         .expect("no panic");
 }
 
+/// A handler that records each event and succeeds.
+fn recorder(
+    seen: &Seen,
+) -> impl Fn(Envelope<UserRegistered>, Context) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static
+{
+    let log = seen.clone();
+    move |e, ctx| {
+        log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
+        std::future::ready(Ok(()))
+    }
+}
+
 fn fast_retries(s: &mut Settings, delays_ms: &[u64]) {
     s.consumer.retry.delays = delays_ms.iter().map(|ms| Duration::from_millis(*ms)).collect();
 }
@@ -47,14 +59,7 @@ async fn a_thousand_events_are_each_handled_once_and_acked() {
     let conn = support::connect().await;
     let s = support::settings("thousand", false);
     let seen = seen();
-    let log = seen.clone();
-    let consumer = Consumer::new(s.clone()).on(move |e: Envelope<UserRegistered>, ctx: Context| {
-        let log = log.clone();
-        async move {
-            log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
-            Ok::<_, HandlerError>(())
-        }
-    });
+    let consumer = Consumer::new(s.clone()).on(recorder(&seen));
     let topology = consumer.topology();
     support::declare(&conn, &s).await;
     let (token, handle) = start(consumer);
@@ -206,14 +211,7 @@ async fn garbage_and_invalid_bodies_go_to_dead_byte_for_byte_and_the_next_event_
     let conn = support::connect().await;
     let s = support::settings("poison", false);
     let seen = seen();
-    let log = seen.clone();
-    let consumer = Consumer::new(s.clone()).on(move |e: Envelope<UserRegistered>, ctx: Context| {
-        let log = log.clone();
-        async move {
-            log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
-            Ok::<_, HandlerError>(())
-        }
-    });
+    let consumer = Consumer::new(s.clone()).on(recorder(&seen));
     let topology = consumer.topology();
     let (token, handle) = start(consumer);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -298,16 +296,9 @@ async fn retries_of_one_service_never_reach_another_bound_to_the_same_key() {
     let mut healthy = failing.clone();
     healthy.consumer.service = support::unique("fanout-b");
     let seen_b = seen();
-    let log = seen_b.clone();
     let a = Consumer::new(failing.clone())
         .on(|_e: Envelope<UserRegistered>, _c: Context| async { Err(HandlerError::transient("down")) });
-    let b = Consumer::new(healthy.clone()).on(move |e: Envelope<UserRegistered>, ctx: Context| {
-        let log = log.clone();
-        async move {
-            log.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
-            Ok::<_, HandlerError>(())
-        }
-    });
+    let b = Consumer::new(healthy.clone()).on(recorder(&seen_b));
     let (ta, tb) = (a.topology(), b.topology());
     let (token_a, handle_a) = start(a);
     let (token_b, handle_b) = start(b);
