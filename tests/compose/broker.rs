@@ -36,6 +36,7 @@ pub(crate) const KNOWN_KEYS: &[(&str, bool, &str)] = &[
         true,
         "https://www.rabbitmq.com/docs/definitions#import-on-boot",
     ),
+    // Reads a directory only after 3.10 (3.10 answers eisdir): load_definitions does in both.
     (
         "definitions.local.path",
         true,
