@@ -13,8 +13,10 @@
 //! - [`amqp`]: connecting (named connections, heartbeats, URL redaction).
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
+//! - [`bench`]: `warren bench`, an end-to-end load run, optionally against a bare-lapin baseline.
 
 pub mod amqp;
+pub mod bench;
 pub mod config;
 pub mod consumer;
 pub mod event;

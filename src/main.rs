@@ -71,6 +71,9 @@ enum Command {
         #[command(flatten)]
         handler: HandlerArgs,
     },
+    /// Load-test publish → broker → handler on throwaway queues; with
+    /// --baseline, against a bare-lapin loop doing the same work.
+    Bench(warren::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -175,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = shutdown_on_signal();
             consumer(settings, handler.handler).run(shutdown).await?;
         }
+        Command::Bench(args) => warren::bench::run(&settings, &args, shutdown_on_signal()).await?,
     }
     Ok(())
 }
