@@ -2,6 +2,7 @@
 //! `user.registered` queues, declared before the run and deleted after it
 //! (best effort, also after an error or Ctrl-C).
 
+use std::future::Future;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
@@ -72,11 +73,14 @@ impl Arena {
     ///
     /// [`BenchError::Broker`] or [`BenchError::Topology`].
     pub async fn declare(&self) -> Result<(), BenchError> {
-        let conn = self.connect("setup").await?;
-        let channel = channel(&conn).await?;
-        let result = self.topology.declare(&channel).await;
-        let _ = conn.close(200, "declared".into()).await;
-        Ok(result?)
+        within("declaring the bench queues", async {
+            let conn = self.connect("setup").await?;
+            let channel = channel(&conn).await?;
+            let result = self.topology.declare(&channel).await;
+            let _ = conn.close(200, "declared".into()).await;
+            Ok(result?)
+        })
+        .await
     }
 
     /// Waits until `n` consumers are subscribed to the work queue.
@@ -85,9 +89,12 @@ impl Arena {
     ///
     /// [`BenchError::Broker`] after 30 s without them.
     pub async fn wait_for_consumers(&self, n: u32) -> Result<(), BenchError> {
+        within("waiting for the consumer", self.poll_consumers(n)).await
+    }
+
+    async fn poll_consumers(&self, n: u32) -> Result<(), BenchError> {
         let conn = self.connect("setup").await?;
         let queue = self.queue();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let result = loop {
             let ch = channel(&conn).await?;
             let passive = QueueDeclareOptions {
@@ -99,11 +106,10 @@ impl Arena {
                 .await
             {
                 Ok(q) if q.consumer_count() >= n => break Ok(()),
-                Ok(_) if tokio::time::Instant::now() < deadline => {
+                Ok(_) => {
                     let _ = ch.close(200, "polled".into()).await;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Ok(_) => break Err(BenchError::Broker(format!("no consumer on {queue} after 30 s"))),
                 Err(e) => break Err(BenchError::Broker(amqp::describe(&e))),
             }
         };
@@ -114,6 +120,16 @@ impl Arena {
     /// Deletes the queues and (unless shared) the exchange. Best effort: a
     /// failure is logged, never returned.
     pub async fn cleanup(&self) {
+        let delete = async {
+            self.delete().await;
+            Ok(())
+        };
+        if let Err(e) = within("deleting the bench queues", delete).await {
+            tracing::warn!(error = %e, service = self.settings.consumer.service, "bench queues left behind");
+        }
+    }
+
+    async fn delete(&self) {
         let conn = match self.connect("cleanup").await {
             Ok(c) => c,
             Err(e) => {
@@ -140,6 +156,22 @@ impl Arena {
         }
         let _ = conn.close(200, "cleaned up".into()).await;
     }
+}
+
+/// How long any setup or cleanup step may take.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `step`, failing with [`BenchError::Broker`] naming `what` after [`SETUP_TIMEOUT`].
+///
+/// # Errors
+///
+/// `step`'s, or the timeout.
+pub async fn within<T>(what: &str, step: impl Future<Output = Result<T, BenchError>>) -> Result<T, BenchError> {
+    tokio::time::timeout(SETUP_TIMEOUT, step).await.unwrap_or_else(|_| {
+        Err(BenchError::Broker(format!(
+            "{what}: no answer within {SETUP_TIMEOUT:?}"
+        )))
+    })
 }
 
 async fn channel(conn: &Connection) -> Result<Channel, BenchError> {

@@ -14,14 +14,15 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::arena::Arena;
+use super::arena::{Arena, within};
 use super::drive::{Measurement, publish_all};
-use super::load::{Payload, Progress, Quota, Recorder};
-use super::report::Raw;
+use super::figures::Raw;
+use super::load::{Payload, Quota, Recorder};
+use super::progress::Progress;
 use super::{BenchError, Plan};
 use crate::amqp::describe;
 use crate::event::{Envelope, Event, UserRegistered};
@@ -36,33 +37,12 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
     let recorder = Arc::new(Recorder::new(plan.capacity()));
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
-    let broker = |e: lapin::Error| BenchError::Broker(describe(&e));
-
-    let consumer_conn = arena.connect("baseline consumer").await?;
-    let channel = consumer_conn.create_channel().await.map_err(broker)?;
-    channel
-        .basic_qos(plan.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(broker)?;
-    let deliveries = channel
-        .basic_consume(
-            arena.queue().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(broker)?;
+    let (consumer_conn, channel, deliveries) =
+        within("starting the baseline consumer", open_consumer(arena, plan.prefetch)).await?;
     let ack_every = (u32::from(plan.prefetch) / 4).max(1);
     let mut consumer = tokio::spawn(consume(channel, deliveries, recorder.clone(), ack_every, stop.clone()));
     arena.wait_for_consumers(1).await?;
-
-    let publisher_conn = arena.connect("baseline publisher").await?;
-    let channel = publisher_conn.create_channel().await.map_err(broker)?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(broker)?;
+    let (publisher_conn, channel) = within("starting the baseline publisher", open_publisher(arena)).await?;
     let exchange = ShortString::from(arena.topology.exchange.as_str());
     let payload = Payload::new(plan.payload_size);
     let progress = Progress::start(label, recorder.clone(), plan.events);
@@ -87,6 +67,39 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
     let _ = publisher_conn.close(200, "done".into()).await;
     let _ = consumer_conn.close(200, "done".into()).await;
     raw
+}
+
+fn broker(e: lapin::Error) -> BenchError {
+    BenchError::Broker(describe(&e))
+}
+
+async fn open_consumer(arena: &Arena, prefetch: u16) -> Result<(Connection, Channel, lapin::Consumer), BenchError> {
+    let conn = arena.connect("baseline consumer").await?;
+    let channel = conn.create_channel().await.map_err(broker)?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(broker)?;
+    let deliveries = channel
+        .basic_consume(
+            arena.queue().as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)?;
+    Ok((conn, channel, deliveries))
+}
+
+async fn open_publisher(arena: &Arena) -> Result<(Connection, Channel), BenchError> {
+    let conn = arena.connect("baseline publisher").await?;
+    let channel = conn.create_channel().await.map_err(broker)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(broker)?;
+    Ok((conn, channel))
 }
 
 async fn publish(channel: &Channel, exchange: &ShortString, event: &Envelope<UserRegistered>) -> Result<(), String> {

@@ -12,9 +12,12 @@ use futures_util::stream::FuturesUnordered;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::BenchError;
+use super::figures::Raw;
 use super::load::{Quota, Recorder};
-use super::report::Raw;
 use super::stats;
+
+/// A run that neither confirms nor handles an event for this long has failed.
+pub const STALL: Duration = Duration::from_secs(15);
 
 /// Keeps up to `window` sends in flight until `quota` is used up, recording
 /// each result. `send(seq, sent_ns)` starts one publish.
@@ -56,28 +59,30 @@ impl Measurement {
     /// # Errors
     ///
     /// A publish failed, a publisher task panicked, the consumer task ended,
-    /// or no event was handled for 15 s.
+    /// or nothing was confirmed or handled for [`STALL`].
     pub async fn end<E: Display>(
         self,
         mut publishers: JoinSet<()>,
         consumer: &mut JoinHandle<Result<(), E>>,
     ) -> Result<Raw, BenchError> {
-        while let Some(joined) = publishers.join_next().await {
-            joined.map_err(|e| BenchError::Broker(format!("a publisher task failed: {e}")))?;
-        }
         let rec = &self.recorder;
-        if let (failed @ 1.., first) = rec.failures() {
-            return Err(BenchError::PublishFailed {
-                failed,
-                first: first.unwrap_or_default(),
-            });
-        }
-        let expected = rec.confirmed();
-        rec.expect(expected);
-        let idle = Duration::from_secs(15);
-        let mut seen = rec.handled_count();
+        let moved = || rec.confirmed() + rec.failures().0 + rec.handled_count();
+        let mut seen = moved();
+        let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + STALL, STALL);
+        let mut expected = None;
         loop {
             tokio::select! {
+                joined = publishers.join_next(), if expected.is_none() => match joined {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => return Err(BenchError::Broker(format!("a publisher task failed: {e}"))),
+                    None => {
+                        if let (failed @ 1.., first) = rec.failures() {
+                            return Err(BenchError::PublishFailed { failed, first: first.unwrap_or_default() });
+                        }
+                        expected = Some(rec.confirmed());
+                        rec.expect(rec.confirmed());
+                    }
+                },
                 () = rec.done().cancelled() => break,
                 joined = &mut *consumer => {
                     let why = match joined {
@@ -87,15 +92,17 @@ impl Measurement {
                     };
                     return Err(BenchError::ConsumerStopped(why));
                 }
-                () = tokio::time::sleep(idle) => {
-                    let now = rec.handled_count();
+                _ = watchdog.tick() => {
+                    let now = moved();
                     if now == seen {
-                        return Err(BenchError::Stalled { handled: now, expected, idle });
+                        let expected = expected.unwrap_or(rec.confirmed());
+                        return Err(BenchError::Stalled { handled: rec.handled_count(), expected, idle: STALL });
                     }
                     seen = now;
                 }
             }
         }
+        let expected = expected.unwrap_or(rec.confirmed());
         let cpu = stats::cpu_time().saturating_sub(self.cpu_start);
         Ok(Raw {
             confirmed: expected,

@@ -1,8 +1,7 @@
 //! The load both runs share: the event bodies (with a send timestamp inside),
-//! the quota and pacing of publishers, the recorder of what was confirmed and
-//! handled, and the progress line.
+//! the quota and pacing of publishers, and the recorder of what was confirmed
+//! and handled.
 
-use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -276,54 +275,6 @@ impl Quota {
         self.sent += 1;
         self.exhausted = seq.is_none();
         seq
-    }
-}
-
-/// A `\r` progress line on stderr, only when stderr is a terminal.
-pub struct Progress {
-    stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Progress {
-    /// Shows `label` with the recorder's counts every 250 ms until [`Progress::finish`].
-    #[must_use]
-    pub fn start(label: String, recorder: Arc<Recorder>, expected: Option<u64>) -> Self {
-        let stop = CancellationToken::new();
-        if !std::io::stderr().is_terminal() {
-            return Self { stop, task: None };
-        }
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            while token.run_until_cancelled(tick.tick()).await.is_some() {
-                let (confirmed, handled) = (recorder.confirmed(), recorder.handled_count());
-                let of = expected.map_or_else(String::new, |n| format!("/{n}"));
-                let rate = crate::bench::stats::rate(handled, recorder.end_to_end_elapsed());
-                let mut err = std::io::stderr().lock();
-                let _ = write!(
-                    err,
-                    "\r\x1b[K{label}: confirmed {confirmed}{of}, handled {handled}{of} ({rate:.0}/s)"
-                );
-                let _ = err.flush();
-            }
-            let _ = write!(std::io::stderr(), "\r\x1b[K");
-        });
-        Self { stop, task: Some(task) }
-    }
-
-    /// Clears the line.
-    pub async fn finish(mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 

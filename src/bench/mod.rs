@@ -13,13 +13,16 @@
 //! - [`load`]: event bodies, publisher quotas and pacing, the recorder.
 //! - [`arena`]: the run's unique topology, declared and cleaned up.
 //! - [`stats`]: percentiles, rates, medians, CPU time and peak RSS.
-//! - [`report`]: figures per run, the summary table and the JSON.
+//! - [`figures`]: what a run measured and the figures made of it.
+//! - [`report`]: the per-run lines, the summary table and the JSON.
 
 pub mod arena;
 mod baseline;
 mod drive;
+pub mod figures;
 mod ingress;
 pub mod load;
+mod progress;
 pub mod report;
 pub mod stats;
 mod warren_run;
@@ -31,8 +34,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use self::arena::Arena;
+use self::figures::Figures;
 use self::load::Limit;
-use self::report::{Figures, Report, RunPair};
+use self::report::{Report, RunPair};
 use crate::config::Settings;
 use crate::topology::QueueType;
 
@@ -201,7 +205,7 @@ pub enum BenchError {
     PublishFailed { failed: u64, first: String },
     #[error("the consumer stopped during the run: {0}")]
     ConsumerStopped(String),
-    #[error("stalled: {handled} of {expected} events handled, none for {idle:?}")]
+    #[error("stalled: {handled} of {expected} events handled, nothing confirmed or handled for {idle:?}")]
     Stalled {
         handled: u64,
         expected: u64,

@@ -1,73 +1,12 @@
-//! What a run measured ([`Raw`]), its figures ([`Figures`]), and the report:
-//! one line per run, then a summary table (medians with min–max over runs,
-//! warren as a ratio of the baseline) or the same as JSON.
-
-use std::time::Duration;
+//! The report: one line per run, then a summary table (medians with min–max
+//! over runs, warren as a ratio of the baseline) or the same as JSON.
 
 use serde::Serialize;
 use serde_json::json;
 
-use super::stats::{self, Spread};
+use super::figures::Figures;
+use super::stats::Spread;
 use super::{Kind, Plan};
-
-/// What one run measured, before any arithmetic.
-#[derive(Debug, Clone, Default)]
-pub struct Raw {
-    /// Publishes the broker confirmed.
-    pub confirmed: u64,
-    /// Events the handler saw.
-    pub handled: u64,
-    /// First publish → last confirm.
-    pub publish_elapsed: Duration,
-    /// First publish → last event handled.
-    pub end_to_end_elapsed: Duration,
-    /// Publish → handler, per event.
-    pub latencies_ns: Vec<u64>,
-    /// CPU time of the whole process (user + system) over the run.
-    pub cpu: Duration,
-    /// Peak resident set size of the whole process during the run.
-    pub peak_rss: Option<u64>,
-}
-
-/// The figures of one run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Figures {
-    pub events: u64,
-    /// Confirmed publishes per second.
-    pub publish_rate: f64,
-    /// Events handled per second, first publish to last handled.
-    pub end_to_end_rate: f64,
-    pub latency_p50_ms: f64,
-    pub latency_p90_ms: f64,
-    pub latency_p99_ms: f64,
-    pub latency_max_ms: f64,
-    /// Process CPU time (user + system) per event handled.
-    pub cpu_us_per_event: f64,
-    /// Peak RSS of the whole process, MiB.
-    pub peak_rss_mib: Option<f64>,
-    pub elapsed_s: f64,
-}
-
-impl Figures {
-    /// The figures of what a run measured.
-    #[must_use]
-    pub fn from_raw(mut raw: Raw) -> Self {
-        let p = stats::percentiles(&mut raw.latencies_ns).unwrap_or_default();
-        let ms = |ns: u64| ns as f64 / 1e6;
-        Self {
-            events: raw.handled,
-            publish_rate: stats::rate(raw.confirmed, raw.publish_elapsed),
-            end_to_end_rate: stats::rate(raw.handled, raw.end_to_end_elapsed),
-            latency_p50_ms: ms(p.p50),
-            latency_p90_ms: ms(p.p90),
-            latency_p99_ms: ms(p.p99),
-            latency_max_ms: ms(p.max),
-            cpu_us_per_event: stats::micros_per_event(raw.cpu, raw.handled),
-            peak_rss_mib: raw.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
-            elapsed_s: raw.end_to_end_elapsed.as_secs_f64(),
-        }
-    }
-}
 
 /// One figure of the summary.
 pub struct Metric {
@@ -310,7 +249,10 @@ pub fn run_line(i: usize, of: usize, kind: Kind, f: &Figures) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::bench::figures::Raw;
     use crate::topology::QueueType;
 
     fn plan() -> Plan {
@@ -340,18 +282,6 @@ mod tests {
             cpu: Duration::from_secs_f64(cpu * 1000.0 / 1e6),
             peak_rss: Some(64 * 1024 * 1024),
         })
-    }
-
-    #[test]
-    fn figures_are_computed_from_what_was_measured() {
-        let f = figures(20_000.0, 40.0);
-        assert!((f.end_to_end_rate - 20_000.0).abs() < 1e-6, "{}", f.end_to_end_rate);
-        assert!((f.cpu_us_per_event - 40.0).abs() < 1e-6, "{}", f.cpu_us_per_event);
-        assert_eq!(f.latency_p50_ms, 500.0);
-        assert_eq!(f.latency_p99_ms, 990.0);
-        assert_eq!(f.latency_max_ms, 1000.0);
-        assert_eq!(f.peak_rss_mib, Some(64.0));
-        assert_eq!(f.events, 1000);
     }
 
     #[test]

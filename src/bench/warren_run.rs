@@ -6,10 +6,11 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::arena::Arena;
+use super::arena::{Arena, within};
 use super::drive::{Measurement, publish_all};
-use super::load::{Payload, Progress, Quota, Recorder};
-use super::report::Raw;
+use super::figures::Raw;
+use super::load::{Payload, Quota, Recorder};
+use super::progress::Progress;
 use super::{BenchError, INGRESS_CONNECTIONS, Plan, ingress};
 use crate::consumer::{Consumer, Context, HandlerError, Limits};
 use crate::event::{Envelope, UserRegistered};
@@ -57,7 +58,10 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
         }
         None => {
             let name = format!("{} bench publisher", arena.settings.amqp.connection_name);
-            let publisher = Publisher::connect(&arena.settings, &name).await?;
+            let publisher = within("connecting the publisher", async {
+                Ok(Publisher::connect(&arena.settings, &name).await?)
+            })
+            .await?;
             let measurement = Measurement::begin(recorder.clone());
             for quota in Quota::split(plan.limit(), plan.rate, plan.publishers) {
                 let (publisher, payload, rec) = (publisher.clone(), payload.clone(), recorder.clone());
