@@ -13,7 +13,7 @@
 //! - [`amqp`]: connecting (named connections, heartbeats, URL redaction).
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
-//! - [`bench`]: `warren bench`, an end-to-end load run, optionally against a bare-lapin baseline.
+//! - [`bench`](mod@bench): `warren bench`, an end-to-end load run, optionally against a bare-lapin baseline.
 
 pub mod amqp;
 pub mod bench;
