@@ -310,6 +310,10 @@ impl RawEnvelope {
 /// Deserializes a whole body (trailing bytes are malformed), naming the
 /// field that does not fit.
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    // Fast path; only a body that fails pays for tracking the path.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

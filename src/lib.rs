@@ -16,8 +16,10 @@
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
+//! - [`bench`](mod@bench): `warren bench`, an end-to-end load run, optionally against a bare-lapin baseline.
 
 pub mod amqp;
+pub mod bench;
 pub mod config;
 pub mod consumer;
 pub mod event;

@@ -75,6 +75,9 @@ enum Command {
         #[command(flatten)]
         handler: HandlerArgs,
     },
+    /// Load-test publish → broker → handler on throwaway queues; with
+    /// --baseline, against a bare-lapin loop doing the same work.
+    Bench(warren::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -205,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serving?;
             consumed?;
         }
+        Command::Bench(args) => warren::bench::run(&settings, &args, shutdown_on_signal()).await?,
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ pub struct Context {
     /// 1 for the first delivery, 2 for the first retry, …
     pub attempt: u32,
     /// The work queue the event came from.
-    pub queue: String,
+    pub queue: std::sync::Arc<str>,
     /// The broker redelivered it (an earlier consumer died holding it).
     pub redelivered: bool,
 }

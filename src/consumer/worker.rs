@@ -12,7 +12,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::acks::{AckBook, AckFrame};
 use super::handler::Context;
@@ -84,7 +84,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             metrics: QueueMetrics::new(&queue),
             worker: self,
-            queue: queue.clone(),
+            queue: Arc::from(queue.as_str()),
             channel: channel.clone(),
             acks: acks.sender(),
         });
@@ -106,7 +106,7 @@ impl Worker {
                 Some(Ok(delivery)) => {
                     let shared = shared.clone();
                     tracker.spawn(async move {
-                        shared.process(delivery).await;
+                        shared.process(&delivery).await;
                         drop(permit);
                     });
                 }
@@ -180,21 +180,26 @@ enum Settled {
 struct Shared {
     metrics: QueueMetrics,
     worker: Worker,
-    queue: String,
+    queue: Arc<str>,
     channel: Channel,
     acks: mpsc::UnboundedSender<AckMsg>,
 }
 
 impl Shared {
-    async fn process(&self, delivery: Delivery) {
+    async fn process(&self, delivery: &Delivery) {
         let attempt = headers::attempt(&delivery.properties);
-        let event_id = headers::message_id(&delivery.properties).unwrap_or("").to_owned();
-        let span =
-            info_span!("delivery", queue = %self.queue, event_type = self.worker.route.event_type(), event_id, attempt);
+        // A debug span: at the default info level it costs nothing per delivery.
+        let span = debug_span!(
+            "delivery",
+            queue = %self.queue,
+            event_type = self.worker.route.event_type(),
+            event_id = headers::message_id(&delivery.properties).unwrap_or(""),
+            attempt
+        );
         self.process_inner(delivery, attempt).instrument(span).await;
     }
 
-    async fn process_inner(&self, delivery: Delivery, attempt: u32) {
+    async fn process_inner(&self, delivery: &Delivery, attempt: u32) {
         let ctx = Context {
             attempt,
             queue: self.queue.clone(),
@@ -204,16 +209,16 @@ impl Shared {
         let outcome = self.worker.route.process(&delivery.data, ctx).await;
         self.metrics.handler.record(started.elapsed().as_secs_f64());
         let (decision, error) = match outcome {
+            Outcome::Handled(Ok(())) => (Decision::Ack, String::new()),
             Outcome::Handled(r) => {
                 let error = r.as_ref().err().map(ToString::to_string).unwrap_or_default();
                 (self.worker.policy.decide(&r, attempt), error)
             }
             Outcome::Undecodable(reason, error) => (Decision::DeadLetter(reason), error),
         };
-        let tag = delivery.delivery_tag;
         let target = match decision {
             Decision::Ack => {
-                self.settle(tag, Settled::Acked);
+                self.settle(delivery.delivery_tag, Settled::Acked);
                 return;
             }
             Decision::Retry { tier } => {
@@ -222,13 +227,27 @@ impl Shared {
                 (q.expect("policy tiers match topology tiers"), None)
             }
             Decision::DeadLetter(reason) => {
-                warn!(reason = reason.as_str(), error, "dead-lettering");
+                let event_id = headers::message_id(&delivery.properties).unwrap_or("");
+                warn!(queue = %self.queue, event_id, attempt, reason = reason.as_str(), error, "dead-lettering");
                 (
                     self.worker.topology.dead_queue(self.worker.route.event_type()),
                     Some(reason.as_str()),
                 )
             }
         };
+        // The republish future is large and rare: boxed, it keeps every
+        // delivery's task small.
+        Box::pin(self.republish(delivery, attempt, target, error)).await;
+    }
+
+    async fn republish(
+        &self,
+        delivery: &Delivery,
+        attempt: u32,
+        target: (String, Option<&'static str>),
+        error: String,
+    ) {
+        let tag = delivery.delivery_tag;
         let origin = Origin {
             exchange: delivery.exchange.as_str(),
             routing_key: delivery.routing_key.as_str(),

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The benchmark series of docs/BENCHMARKS.md: the machine, then the two
+# documented commands, each repeated 3 times by `--runs 3` (medians with
+# min–max). Needs the broker of the settings (default 127.0.0.1:5672) and a
+# release build; run it from a directory whose warren.toml/.env (if any) are
+# the settings you want to bench.
+#
+#   cargo build --release && scripts/bench.sh | tee bench.log
+set -euo pipefail
+warren="${WARREN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/warren}"
+[[ -x "$warren" ]] || { echo "no $warren: run cargo build --release first" >&2; exit 1; }
+
+echo "## machine"
+echo "nproc: $(nproc)"
+grep -m1 'model name' /proc/cpuinfo
+grep -m1 MemTotal /proc/meminfo
+echo "kernel: $(uname -r)"
+echo "rabbitmq: $(rabbitmqctl version 2>/dev/null || echo unknown)"
+echo "warren: $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+run() {
+  echo
+  echo "## warren bench $*"
+  echo '```'
+  "$warren" bench "$@" 2>/dev/null
+  echo '```'
+  echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+run --baseline --events 50000 --runs 3
+run --rate 1000 --duration 20s --runs 3
+run --baseline --rate 1000 --duration 20s --runs 3

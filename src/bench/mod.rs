@@ -1,0 +1,299 @@
+//! `warren bench`: an end-to-end load run against the configured broker.
+//!
+//! Each run publishes `user.registered` events to its own uniquely named
+//! exchange and queues (deleted afterwards) and consumes them with a typed
+//! handler that records the publish→handler latency from a timestamp inside
+//! the event. The **warren** run publishes with [`Publisher`](crate::Publisher)
+//! (or through an HTTP ingress) and consumes with
+//! [`Consumer`](crate::consumer::Consumer); the **baseline** run does the same
+//! work in a tight bare-lapin loop, so warren's figures can be read as ratios
+//! of it. With `--runs K` the two alternate (warren first in odd runs,
+//! baseline first in even ones) and the report gives medians with min–max.
+//!
+//! - [`load`]: event bodies, publisher quotas and pacing, the recorder.
+//! - [`arena`]: the run's unique topology, declared and cleaned up.
+//! - [`stats`]: percentiles, rates, medians, CPU time and peak RSS.
+//! - [`figures`]: what a run measured and the figures made of it.
+//! - [`report`]: the per-run lines, the summary table and the JSON.
+
+pub mod arena;
+mod baseline;
+mod drive;
+pub mod figures;
+mod ingress;
+pub mod load;
+mod progress;
+pub mod report;
+pub mod stats;
+mod warren_run;
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use self::arena::Arena;
+use self::figures::Figures;
+use self::load::Limit;
+use self::report::{Report, RunPair};
+use crate::config::Settings;
+use crate::topology::QueueType;
+
+/// Options of `warren bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Events per run [default: 50000, unless --duration is given].
+    #[arg(long, value_name = "N", conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+    pub events: Option<u64>,
+    /// Publish for this long instead of a fixed count (500ms, 20s, 2m).
+    #[arg(long, value_name = "TIME", value_parser = crate::config::duration::parse)]
+    pub duration: Option<Duration>,
+    /// Size of each event's JSON body in bytes (the username is padded; the
+    /// smallest envelope is about 285 bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = 300)]
+    pub payload_size: usize,
+    /// Publisher tasks (sharing one confirm channel).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub publishers: u32,
+    /// Confirms each publisher task keeps in flight.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub window: u32,
+    /// Consumer prefetch (basic.qos) [default: consumer.prefetch].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: Option<u16>,
+    /// Handlers running at once [default: consumer.concurrency].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: Option<u32>,
+    /// Pace publishing at this many events/s in total (for latency at a fixed load).
+    #[arg(long, value_name = "EVENTS_PER_S", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Publish through the HTTP ingress at this base URL (POST {URL}/events,
+    /// 64 keep-alive connections) instead of the library publisher. The
+    /// ingress must publish to the configured topology.exchange.
+    #[arg(long, value_name = "URL")]
+    pub ingress: Option<String>,
+    /// Also run the bare-lapin baseline and report warren's figures as ratios of it.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Print the figures as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Repeat this many times and report medians with min–max.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Queue type of the bench queues [default: topology.queue_type].
+    #[arg(long, value_name = "TYPE", value_parser = parse_queue_type)]
+    pub queue_type: Option<QueueType>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("invalid rate {s:?}: a positive number of events per second")),
+    }
+}
+
+fn parse_queue_type(s: &str) -> Result<QueueType, String> {
+    match s {
+        "quorum" => Ok(QueueType::Quorum),
+        "classic" => Ok(QueueType::Classic),
+        _ => Err(format!("invalid queue type {s:?}: quorum or classic")),
+    }
+}
+
+/// The options of a bench, resolved against the settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub events: Option<u64>,
+    pub duration_s: Option<f64>,
+    pub rate: Option<f64>,
+    pub payload_size: usize,
+    pub publishers: usize,
+    pub window: usize,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub queue_type: QueueType,
+    pub ingress: Option<String>,
+    pub baseline: bool,
+    pub runs: usize,
+}
+
+/// Concurrent HTTP connections of `--ingress`.
+pub const INGRESS_CONNECTIONS: usize = 64;
+
+impl Plan {
+    /// `args` with the settings' defaults filled in.
+    #[must_use]
+    pub fn new(settings: &Settings, args: &BenchArgs) -> Self {
+        let events = match (args.events, args.duration) {
+            (None, None) => Some(50_000),
+            (events, _) => events,
+        };
+        Self {
+            events,
+            duration_s: args.duration.map(|d| d.as_secs_f64()),
+            rate: args.rate,
+            payload_size: args.payload_size,
+            publishers: args.publishers as usize,
+            window: args.window as usize,
+            prefetch: args.prefetch.unwrap_or(settings.consumer.prefetch),
+            concurrency: args.concurrency.map_or(settings.consumer.concurrency, |c| c as usize),
+            queue_type: args.queue_type.unwrap_or(settings.topology.queue_type),
+            ingress: args.ingress.clone(),
+            baseline: args.baseline,
+            runs: args.runs as usize,
+        }
+    }
+
+    /// A count or a time limit per run.
+    #[must_use]
+    pub fn limit(&self) -> Limit {
+        match (self.events, self.duration_s) {
+            (Some(n), _) => Limit::Events(n),
+            (None, Some(s)) => Limit::Duration(Duration::from_secs_f64(s)),
+            (None, None) => Limit::Events(50_000),
+        }
+    }
+
+    /// Latency samples to make room for.
+    fn capacity(&self) -> usize {
+        let n = match (self.events, self.duration_s, self.rate) {
+            (Some(n), _, _) => n as f64,
+            (None, Some(s), Some(r)) => s * r * 1.05,
+            _ => 1e6,
+        };
+        n.min(1e8) as usize
+    }
+
+    /// One line describing the plan.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let amount = match (self.events, self.duration_s) {
+            (Some(n), _) => format!("{n} events"),
+            (None, Some(s)) => format!("{s} s"),
+            _ => String::new(),
+        };
+        let pace = self
+            .rate
+            .map_or_else(|| "unpaced".to_owned(), |r| format!("paced at {r}/s"));
+        let queues = match self.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        let source = match &self.ingress {
+            Some(url) => format!("HTTP ingress {url} × {INGRESS_CONNECTIONS} connections"),
+            None => format!("{} publishers × {} confirms in flight", self.publishers, self.window),
+        };
+        format!(
+            "{amount} per run × {} run(s), {pace}, {}-byte events, {queues} queues, {source}, prefetch {}, concurrency {}",
+            self.runs, self.payload_size, self.prefetch, self.concurrency
+        )
+    }
+}
+
+/// Why a bench did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error(transparent)]
+    Topology(#[from] crate::topology::TopologyError),
+    #[error(transparent)]
+    Publisher(#[from] crate::publisher::PublishError),
+    #[error("{failed} publishes failed (first: {first}): the run is void")]
+    PublishFailed { failed: u64, first: String },
+    #[error("the consumer stopped during the run: {0}")]
+    ConsumerStopped(String),
+    #[error("stalled: {handled} of {expected} events handled, nothing confirmed or handled for {idle:?}")]
+    Stalled {
+        handled: u64,
+        expected: u64,
+        idle: Duration,
+    },
+    #[error("ingress: {0}")]
+    Ingress(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Which loop a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Warren,
+    Baseline,
+}
+
+/// Runs the bench described by `args` and prints its report on stdout.
+/// Cancelling `shutdown` stops it (after deleting the current run's queues).
+///
+/// # Errors
+///
+/// [`BenchError`]: the broker is unreachable, a publish failed, the consumer
+/// stalled, or `shutdown` was cancelled.
+pub async fn run(settings: &Settings, args: &BenchArgs, shutdown: CancellationToken) -> Result<(), BenchError> {
+    let plan = Plan::new(settings, args);
+    let mut report = Report::new(plan.clone());
+    let mut stdout = std::io::stdout();
+    if !args.json {
+        let _ = writeln!(stdout, "warren bench: {}", plan.describe());
+    }
+    for i in 0..plan.runs {
+        let kinds: &[Kind] = match (plan.baseline, i % 2) {
+            (false, _) => &[Kind::Warren],
+            (true, 0) => &[Kind::Warren, Kind::Baseline],
+            (true, _) => &[Kind::Baseline, Kind::Warren],
+        };
+        let mut pair = RunPair::default();
+        for &kind in kinds {
+            let figures = run_one(settings, &plan, kind, i, &shutdown).await?;
+            if !args.json {
+                let _ = writeln!(stdout, "{}", report::run_line(i + 1, plan.runs, kind, &figures));
+            }
+            pair.set(kind, figures);
+        }
+        report.runs.push(pair);
+    }
+    let text = if args.json {
+        serde_json::to_string_pretty(&report.to_json()).expect("figures serialize")
+    } else {
+        report.render()
+    };
+    let _ = writeln!(stdout, "{text}");
+    Ok(())
+}
+
+async fn run_one(
+    settings: &Settings,
+    plan: &Plan,
+    kind: Kind,
+    i: usize,
+    shutdown: &CancellationToken,
+) -> Result<Figures, BenchError> {
+    let mut base = settings.clone();
+    base.topology.queue_type = plan.queue_type;
+    base.consumer.prefetch = plan.prefetch;
+    base.consumer.concurrency = plan.concurrency;
+    let via_ingress = kind == Kind::Warren && plan.ingress.is_some();
+    let label = match kind {
+        Kind::Warren => format!("w{}", i + 1),
+        Kind::Baseline => format!("b{}", i + 1),
+    };
+    let arena = Arena::new(&base, &label, via_ingress);
+    let progress_label = format!("run {}/{} {}", i + 1, plan.runs, report::kind_name(kind));
+    let work = async {
+        let raw = match kind {
+            Kind::Warren => warren_run::run(&arena, plan, progress_label).await?,
+            Kind::Baseline => baseline::run(&arena, plan, progress_label).await?,
+        };
+        Ok(Figures::from_raw(raw))
+    };
+    let result = tokio::select! {
+        r = work => r,
+        () = shutdown.cancelled() => Err(BenchError::Interrupted),
+    };
+    arena.cleanup().await;
+    // Let the broker settle after deleting the queues.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    result
+}
