@@ -395,16 +395,30 @@ impl ValidationError {
 /// after it, no spaces. Deliverability is the mail server's business.
 #[must_use]
 pub fn looks_like_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else {
+    if s.len() > 254 {
         return false;
-    };
-    !local.is_empty()
-        && !domain.contains('@')
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !s.chars().any(char::is_whitespace)
-        && s.len() <= 254
+    }
+    // One pass: exactly one '@' with something before it, a '.' after it
+    // that neither starts nor ends the domain, no whitespace or controls.
+    let bytes = s.as_bytes();
+    let mut at = None;
+    let mut dot_after_at = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'@' if at.is_some() => return false,
+            b'@' => at = Some(i),
+            b'.' if at.is_some() => dot_after_at = true,
+            _ if b.is_ascii_whitespace() || b.is_ascii_control() => return false,
+            _ => {}
+        }
+    }
+    let Some(at) = at else { return false };
+    let domain = &bytes[at + 1..];
+    at > 0
+        && dot_after_at
+        && domain.first() != Some(&b'.')
+        && domain.last() != Some(&b'.')
+        && (s.is_ascii() || !s.chars().any(char::is_whitespace))
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

@@ -77,6 +77,7 @@ struct Inner {
     exchange: String,
     confirm_timeout: Duration,
     resend: bool,
+    metrics: PublishMetrics,
     // Cancelled (stopping the supervisor) when the last clone is dropped.
     _supervisor: Option<tokio_util::sync::DropGuard>,
 }
@@ -120,6 +121,7 @@ impl Publisher {
                 exchange: settings.topology.exchange.clone(),
                 confirm_timeout: settings.publisher.confirm_timeout,
                 resend: settings.publisher.resend_on_reconnect,
+                metrics: PublishMetrics::default(),
                 _supervisor: Some(stop.drop_guard()),
             }),
         }
@@ -152,6 +154,7 @@ impl Publisher {
                 exchange: exchange.to_owned(),
                 confirm_timeout,
                 resend: false,
+                metrics: PublishMetrics::default(),
                 _supervisor: None,
             }),
         })
@@ -226,7 +229,10 @@ impl Publisher {
         let started = std::time::Instant::now();
         let result = self.send_until(&msg, deadline).await;
         if !self.inner.exchange.is_empty() && msg.exchange == self.inner.exchange {
-            crate::metrics::record_publish(msg.routing_key, &result, started.elapsed());
+            match &result {
+                Ok(()) => self.inner.metrics.confirmed(msg.routing_key, started.elapsed()),
+                Err(_) => crate::metrics::record_publish(msg.routing_key, &result, started.elapsed()),
+            }
         }
         result
     }
@@ -235,14 +241,19 @@ impl Publisher {
         let timeout = self.inner.confirm_timeout;
         let mut link_rx = self.inner.link.clone();
         loop {
-            let link = match tokio::time::timeout_at(deadline, link_rx.wait_for(Option::is_some)).await {
-                Ok(Ok(link)) => link.clone().expect("waited for Some"),
-                Ok(Err(_)) => return Err(PublishError::ConnectionLost("publisher stopped".into())),
-                Err(_) => {
-                    return Err(PublishError::ConnectionLost(format!(
-                        "not connected to RabbitMQ for {timeout:?}"
-                    )));
-                }
+            // Fast path: connected (no waiting, no timer).
+            let current = link_rx.borrow_and_update().clone();
+            let link = match current {
+                Some(link) => link,
+                None => match tokio::time::timeout_at(deadline, link_rx.wait_for(Option::is_some)).await {
+                    Ok(Ok(link)) => link.clone().expect("waited for Some"),
+                    Ok(Err(_)) => return Err(PublishError::ConnectionLost("publisher stopped".into())),
+                    Err(_) => {
+                        return Err(PublishError::ConnectionLost(format!(
+                            "not connected to RabbitMQ for {timeout:?}"
+                        )));
+                    }
+                },
             };
             match tokio::time::timeout_at(deadline, send_on(&link.channel, msg)).await {
                 Err(_) => return Err(PublishError::Timeout(timeout)),
@@ -288,6 +299,35 @@ async fn send_on(channel: &Channel, msg: &Message<'_>) -> Result<(), PublishErro
             routing_key: msg.routing_key.to_owned(),
         }),
         Confirmation::NotRequested => Err(PublishError::Setup("publisher confirms are not enabled".into())),
+    }
+}
+
+/// Handles of the confirmed-publish metrics per event type, registered once
+/// (the recorder must be installed before the publisher is made).
+#[derive(Default)]
+struct PublishMetrics {
+    // A handful of event types: a scan beats hashing.
+    by_type: std::sync::RwLock<Vec<(String, metrics::Counter, metrics::Histogram)>>,
+}
+
+impl PublishMetrics {
+    fn confirmed(&self, event_type: &str, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let known = self.by_type.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, count, time)) = known.iter().find(|(t, _, _)| t == event_type) {
+            count.increment(1);
+            time.record(secs);
+            return;
+        }
+        drop(known);
+        let count = metrics::counter!(crate::metrics::PUBLISHED_TOTAL, "event_type" => event_type.to_owned(), "outcome" => "confirmed");
+        let time = metrics::histogram!(crate::metrics::PUBLISH_DURATION_SECONDS, "event_type" => event_type.to_owned());
+        count.increment(1);
+        time.record(secs);
+        self.by_type
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((event_type.to_owned(), count, time));
     }
 }
 

@@ -6,7 +6,7 @@
 //! slow handler holds the low end back for too long (so the prefetch window
 //! keeps moving).
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 
 /// A frame to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,37 +15,62 @@ pub enum AckFrame {
     Ack { tag: u64, multiple: bool },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Delivered, not settled yet.
+    Open,
+    /// Settled by warren, not yet acked on the wire.
+    Pending,
+    /// Acked (or nacked) on the wire already.
+    Done,
+}
+
 /// Which delivery tags are settled and which are acked on the wire.
+///
+/// Tags on a channel are dense (1, 2, 3, …), so the book is a window of
+/// slots starting just above `floor`.
 #[derive(Debug, Default)]
 pub struct AckBook {
     /// Every tag ≤ this is acked on the wire (or settled otherwise).
     floor: u64,
-    /// Settled by warren, not yet acked on the wire.
-    pending: BTreeSet<u64>,
-    /// Acked (or nacked) singly, above the floor.
-    done: BTreeSet<u64>,
+    /// Slot of tag `floor + 1 + i` at index `i`.
+    slots: VecDeque<Slot>,
+    pending: usize,
 }
 
 impl AckBook {
+    fn slot(&mut self, tag: u64) -> Option<&mut Slot> {
+        let index = usize::try_from(tag.checked_sub(self.floor + 1)?).ok()?;
+        if index >= self.slots.len() {
+            self.slots.resize(index + 1, Slot::Open);
+        }
+        self.slots.get_mut(index)
+    }
+
     /// Records that `tag` is settled and wants an ack.
     pub fn settle(&mut self, tag: u64) {
-        if tag > self.floor {
-            self.pending.insert(tag);
+        if let Some(slot) = self.slot(tag)
+            && *slot == Slot::Open
+        {
+            *slot = Slot::Pending;
+            self.pending += 1;
         }
     }
 
     /// Records that `tag` was settled on the wire already (a single nack).
     pub fn settled_elsewhere(&mut self, tag: u64) {
-        if tag > self.floor {
-            self.pending.remove(&tag);
-            self.done.insert(tag);
+        let was_pending = self
+            .slot(tag)
+            .is_some_and(|slot| std::mem::replace(slot, Slot::Done) == Slot::Pending);
+        if was_pending {
+            self.pending -= 1;
         }
     }
 
     /// Settled tags not yet acked.
     #[must_use]
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending
     }
 
     /// The frames that ack every pending tag it is safe to ack now. When more
@@ -53,23 +78,32 @@ impl AckBook {
     pub fn flush(&mut self, single_after: usize) -> Vec<AckFrame> {
         let mut frames = Vec::new();
         let mut highest_pending = None;
-        loop {
-            let next = self.floor + 1;
-            if self.pending.remove(&next) {
-                highest_pending = Some(next);
-            } else if !self.done.remove(&next) {
+        while let Some(&front) = self.slots.front() {
+            if front == Slot::Open {
                 break;
             }
-            self.floor = next;
+            self.slots.pop_front();
+            self.floor += 1;
+            if front == Slot::Pending {
+                self.pending -= 1;
+                highest_pending = Some(self.floor);
+            }
         }
         if let Some(tag) = highest_pending {
             frames.push(AckFrame::Ack { tag, multiple: true });
         }
-        if self.pending.len() > single_after {
-            for tag in std::mem::take(&mut self.pending) {
-                frames.push(AckFrame::Ack { tag, multiple: false });
-                self.done.insert(tag);
+        if self.pending > single_after {
+            let floor = self.floor;
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                if *slot == Slot::Pending {
+                    *slot = Slot::Done;
+                    frames.push(AckFrame::Ack {
+                        tag: floor + 1 + i as u64,
+                        multiple: false,
+                    });
+                }
             }
+            self.pending = 0;
         }
         frames
     }

@@ -91,15 +91,21 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(shared.worker.limits.concurrency));
         let tracker = TaskTracker::new();
         let mut result = Ok(());
+        // One cancellation future for the whole loop, not two per delivery.
+        let cancelled = stop.cancelled();
+        tokio::pin!(cancelled);
         loop {
-            let permit = tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => tokio::select! {
+                    biased;
+                    () = &mut cancelled => break,
+                    p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                },
             };
             let next = tokio::select! {
                 biased;
-                () = stop.cancelled() => break,
+                () = &mut cancelled => break,
                 d = deliveries.next() => d,
             };
             match next {
