@@ -111,10 +111,16 @@ impl Worker {
             match next {
                 Some(Ok(delivery)) => {
                     let shared = shared.clone();
-                    tracker.spawn(async move {
+                    let mut work = Box::pin(async move {
                         shared.process(&delivery).await;
                         drop(permit);
                     });
+                    // A handler that finishes without waiting (most do: the
+                    // event is handled from memory) needs no task of its own;
+                    // one that waits goes on in a task, within the permits.
+                    if futures_util::poll!(work.as_mut()).is_pending() {
+                        tracker.spawn(work);
+                    }
                 }
                 Some(Err(e)) => {
                     result = Err(lost(describe(&e)));
