@@ -22,7 +22,9 @@ impl Client {
     ///
     /// [`BenchError::Ingress`] when the client cannot be built.
     pub fn new(base: &str, connections: usize) -> Result<Self, BenchError> {
+        let tls = crate::webhook::tls_config().map_err(BenchError::Ingress)?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .pool_max_idle_per_host(connections)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)

@@ -243,21 +243,28 @@ fn shown(url: &Url) -> String {
     url.to_string()
 }
 
+/// rustls on ring with the platform's certificate verification: the TLS
+/// setup of every HTTP client warren makes (reqwest is built without a
+/// crypto provider of its own, so that aws-lc stays out of the build).
+pub(crate) fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| e.to_string())?;
+    // `dangerous()` is only the name of the API for a custom verifier: this
+    // one is the platform's own certificate verification.
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
 /// One shared client: rustls on ring with the system's roots (no aws-lc),
 /// redirects off, the whole exchange bounded by `timeout`, pooled keep-alive
 /// connections.
 fn client(timeout: Duration) -> Result<reqwest::Client, WebhookError> {
     let failed = |e: &dyn std::fmt::Display| WebhookError::Client(e.to_string());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| failed(&e))?;
-    // `dangerous()` is only the name of the API for a custom verifier: this
-    // one is the platform's own certificate verification.
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| failed(&e))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let tls = tls_config().map_err(|e| failed(&e))?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
