@@ -139,6 +139,14 @@ async fn serve_router(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, what, "HTTP listening");
+    use axum::serve::ListenerExt;
+    // Small responses must not wait for Nagle's algorithm and the client's
+    // delayed ACK: without TCP_NODELAY a keep-alive client waits on every 202.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
