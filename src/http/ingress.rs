@@ -31,8 +31,15 @@ pub(crate) async fn publish_one(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body, state.settings.max_body)?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| ApiError::malformed(&e))?;
-    let (env, _) = RawEnvelope::parse_known(&body).map_err(ApiError::from_decode)?;
+    let (env, _) = RawEnvelope::parse_known(&body).map_err(|e| {
+        // Only a rejected body pays for a second pass: a syntax error
+        // anywhere in it is a 400 with its position, even when the parse
+        // into an envelope stopped earlier at a field of the wrong type.
+        match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            Err(syntax) => ApiError::malformed(&syntax),
+            Ok(_) => ApiError::from_decode(e),
+        }
+    })?;
     if !state.sink.is_ready() {
         return Err(ApiError::unavailable());
     }
