@@ -66,6 +66,9 @@ async fn malformed_json_is_400_saying_where() {
     assert_error(&a, StatusCode::BAD_REQUEST, "malformed_json", &fake);
     let a = call(app(&fake), post("/events", "")).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "malformed_json", &fake);
+    // A mistyped field before the syntax error: still malformed, not invalid.
+    let a = call(app(&fake), post("/events", r#"{"user_id": "x", "source": oops}"#)).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "malformed_json", &fake);
 }
 
 #[tokio::test]
