@@ -11,6 +11,12 @@ use warren::consumer::{Consumer, LogHandler};
 use warren::event::{EventType, RawEnvelope};
 use warren::{Publisher, Settings, Topology};
 
+/// mimalloc instead of glibc's malloc: the ingress and the consumer allocate
+/// small, short-lived buffers on every event across threads, where glibc's
+/// arenas spent a fifth of the ingress's CPU (see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Typed user.* events between services over RabbitMQ.
 ///
 /// Settings come from built-in defaults, then warren.toml (or --config), then
