@@ -46,12 +46,15 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
     let progress = Progress::start(label, recorder.clone(), plan.events);
     let measurement = match &plan.ingress {
         Some(url) => {
-            let client = ingress::Client::new(url, INGRESS_CONNECTIONS)?;
+            let target = Arc::new(ingress::Target::parse(url)?);
+            let opening = (0..INGRESS_CONNECTIONS).map(|_| ingress::Connection::open(target.clone()));
+            let connections = futures_util::future::try_join_all(opening).await?;
             let measurement = Measurement::begin(recorder.clone());
-            for quota in Quota::split(plan.limit(), plan.rate, INGRESS_CONNECTIONS) {
-                let (client, payload, rec) = (client.clone(), payload.clone(), recorder.clone());
+            let quotas = Quota::split(plan.limit(), plan.rate, INGRESS_CONNECTIONS);
+            for (quota, connection) in quotas.into_iter().zip(connections) {
+                let (payload, rec) = (payload.clone(), recorder.clone());
                 publishers.spawn(async move {
-                    publish_all(quota, 1, &rec, |seq, now| client.post(payload.envelope(now, seq))).await;
+                    publish_all(quota, 1, &rec, |seq, now| connection.post(payload.envelope(now, seq))).await;
                 });
             }
             measurement
