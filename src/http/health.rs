@@ -21,7 +21,7 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
 
 /// Readiness: 200 when the sink can publish, else 503 + `Retry-After`.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.sink.is_ready() {
+    if state.sink().is_ready() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     } else {
         let mut res = (
@@ -36,10 +36,10 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus text; refreshes `warren_broker_connected` from the sink first.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let Some(handle) = &state.metrics else {
+    let Some(handle) = state.metrics_handle() else {
         return ApiError::not_found().into_response();
     };
-    metrics::gauge!(BROKER_CONNECTED, "role" => "ingress").set(if state.sink.is_ready() { 1.0 } else { 0.0 });
+    metrics::gauge!(BROKER_CONNECTED, "role" => "ingress").set(if state.sink().is_ready() { 1.0 } else { 0.0 });
     let mut res = handle.render().into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT));

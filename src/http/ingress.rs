@@ -3,9 +3,10 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
 use serde::Serialize;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS, decode_body, publish_body};
+use super::middleware::Authorized;
 use crate::event::{DecodeError, RawEnvelope};
 use crate::publisher::PublishError;
 
@@ -27,10 +29,11 @@ struct Accepted {
 /// `POST /events`: one envelope.
 pub(crate) async fn publish_one(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized,
+    ContentType(content_type): ContentType,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = json_body(&headers, body, state.settings.max_body)?;
+    let body = json_body(content_type.as_ref(), body, state.settings().max_body)?;
     let (env, _) = RawEnvelope::parse_known(&body).map_err(|e| {
         // Only a rejected body pays for a second pass: a syntax error
         // anywhere in it is a 400 with its position, even when the parse
@@ -40,7 +43,7 @@ pub(crate) async fn publish_one(
             Ok(_) => ApiError::from_decode(e),
         }
     })?;
-    if !state.sink.is_ready() {
+    if !state.sink().is_ready() {
         return Err(ApiError::unavailable());
     }
     publish(&state, &env)
@@ -53,10 +56,25 @@ pub(crate) async fn publish_one(
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
+/// The request's `Content-Type`, if any (without copying the other headers).
+pub(crate) struct ContentType(Option<HeaderValue>);
+
+impl<S: Sync> FromRequestParts<S> for ContentType {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(header::CONTENT_TYPE).cloned()))
+    }
+}
+
 /// Checks the content type, then takes the body (the extractor already
 /// applied `ingress.max_body`).
-fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Bytes, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+fn json_body(
+    content_type: Option<&HeaderValue>,
+    body: Result<Bytes, BytesRejection>,
+    max_body: usize,
+) -> Result<Bytes, ApiError> {
+    let content_type = content_type.map(HeaderValue::as_bytes);
     if !content_type.is_some_and(is_json) {
         let shown = content_type.map(String::from_utf8_lossy);
         return Err(ApiError::unsupported_media_type(shown.as_deref()));
@@ -81,7 +99,7 @@ fn is_json(content_type: &[u8]) -> bool {
 }
 
 async fn publish(state: &AppState, env: &RawEnvelope) -> Result<(), PublishError> {
-    let result = state.sink.publish(env).await;
+    let result = state.sink().publish(env).await;
     match &result {
         Ok(()) => {
             tracing::debug!(event_id = %env.event_id, event_type = env.event_type, "event accepted")
@@ -123,10 +141,11 @@ struct BatchResult {
 /// rejected.
 pub(crate) async fn publish_batch(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Authorized,
+    ContentType(content_type): ContentType,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = json_body(&headers, body, state.settings.max_body)?;
+    let body = json_body(content_type.as_ref(), body, state.settings().max_body)?;
     let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
         if e.is_data() {
             ApiError::not_an_array()
@@ -134,14 +153,14 @@ pub(crate) async fn publish_batch(
             ApiError::malformed(&e)
         }
     })?;
-    if items.len() > state.settings.max_batch {
-        return Err(ApiError::batch_too_large(items.len(), state.settings.max_batch));
+    if items.len() > state.settings().max_batch {
+        return Err(ApiError::batch_too_large(items.len(), state.settings().max_batch));
     }
     let parsed: Vec<_> = items
         .iter()
         .map(|raw| RawEnvelope::parse_known(raw.get().as_bytes()).map(|(env, _)| env))
         .collect();
-    if parsed.iter().any(Result::is_ok) && !state.sink.is_ready() {
+    if parsed.iter().any(Result::is_ok) && !state.sink().is_ready() {
         return Err(ApiError::unavailable());
     }
     let results = join_all(

@@ -35,7 +35,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -47,12 +46,19 @@ pub use error::RETRY_AFTER_SECS;
 pub use sink::EventSink;
 
 /// What the handlers share: the sink, the ingress settings and, when this
-/// router serves `/metrics`, the Prometheus handle.
+/// router serves `/metrics`, the Prometheus handle. Cloning it is one
+/// reference count.
 #[derive(Clone)]
 pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+#[derive(Clone)]
+struct Shared {
     sink: Arc<dyn EventSink>,
-    settings: Arc<IngressSettings>,
+    settings: IngressSettings,
     metrics: Option<PrometheusHandle>,
+    requests: Arc<middleware::RequestMetrics>,
 }
 
 impl AppState {
@@ -62,17 +68,39 @@ impl AppState {
     #[must_use]
     pub fn new(sink: Arc<dyn EventSink>, settings: &IngressSettings) -> Self {
         Self {
-            sink,
-            settings: Arc::new(settings.clone()),
-            metrics: None,
+            inner: Arc::new(Shared {
+                sink,
+                settings: settings.clone(),
+                metrics: None,
+                requests: Arc::default(),
+            }),
         }
     }
 
     /// Serves `/metrics` from `handle` (see [`crate::metrics::install`]).
     #[must_use]
-    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
-        self.metrics = Some(handle);
-        self
+    pub fn with_metrics(self, handle: PrometheusHandle) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.inner);
+        shared.metrics = Some(handle);
+        Self {
+            inner: Arc::new(shared),
+        }
+    }
+
+    fn sink(&self) -> &dyn EventSink {
+        &*self.inner.sink
+    }
+
+    fn settings(&self) -> &IngressSettings {
+        &self.inner.settings
+    }
+
+    fn metrics_handle(&self) -> Option<&PrometheusHandle> {
+        self.inner.metrics.as_ref()
+    }
+
+    fn request_metrics(&self) -> &middleware::RequestMetrics {
+        &self.inner.requests
     }
 }
 
@@ -83,19 +111,17 @@ pub fn router(state: AppState) -> Router {
     let events = Router::new()
         .route("/events", post(ingress::publish_one))
         .route("/events/batch", post(ingress::publish_batch))
-        .layer(DefaultBodyLimit::max(state.settings.max_body))
-        .route_layer(from_fn_with_state(state.clone(), middleware::require_token));
+        .layer(DefaultBodyLimit::max(state.settings().max_body));
     let mut app = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
-    if state.metrics.is_some() {
+    if state.metrics_handle().is_some() {
         app = app.route("/metrics", get(health::metrics));
     }
     app.merge(events)
         .fallback(|| async { error::ApiError::not_found().into_response() })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed().into_response() })
-        .layer(from_fn_with_state(state.clone(), middleware::deadline))
-        .layer(from_fn(middleware::record))
+        .layer(middleware::ObserveLayer::new(state.clone()))
         .with_state(state)
 }
 
