@@ -73,6 +73,9 @@ impl Target {
     }
 }
 
+/// The I/O half of a [`Connection`]: resolves when the connection closes.
+pub type Driver = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
 /// One keep-alive connection to the ingress, one request at a time.
 #[derive(Clone)]
 pub struct Connection {
@@ -81,12 +84,15 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to `target` (TCP_NODELAY, HTTP/1.1).
+    /// Connects to `target` (TCP_NODELAY, HTTP/1.1). The [`Driver`] does the
+    /// connection's I/O: poll it in the task that posts (see
+    /// [`Connection::drive`]), which saves a task wake-up each way per
+    /// request.
     ///
     /// # Errors
     ///
     /// [`BenchError::Ingress`] when the connection or the handshake fails.
-    pub async fn open(target: Arc<Target>) -> Result<Self, BenchError> {
+    pub async fn open(target: Arc<Target>) -> Result<(Self, Driver), BenchError> {
         let fail = |e: &dyn std::fmt::Display| BenchError::Ingress(format!("connecting to {}: {e}", target.url()));
         let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target.addr));
         let stream = match connect.await {
@@ -97,14 +103,23 @@ impl Connection {
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| fail(&e))?;
-        tokio::spawn(async move {
-            // Ends when the connection closes; a request on it then fails.
-            let _ = conn.await;
-        });
-        Ok(Self {
+        let connection = Self {
             target,
             send: Arc::new(Mutex::new(send)),
-        })
+        };
+        Ok((connection, conn))
+    }
+
+    /// Runs `work` (which posts on this connection) while `driver` does the
+    /// connection's I/O, in the same task. When the connection closes first,
+    /// `work` still runs to its end: its requests fail.
+    pub async fn drive(driver: Driver, work: impl Future<Output = ()>) {
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            () = &mut work => {}
+            _ = driver => work.await,
+        }
     }
 
     /// Posts one event; `Ok` on 202.

@@ -51,10 +51,11 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
             let connections = futures_util::future::try_join_all(opening).await?;
             let measurement = Measurement::begin(recorder.clone());
             let quotas = Quota::split(plan.limit(), plan.rate, INGRESS_CONNECTIONS);
-            for (quota, connection) in quotas.into_iter().zip(connections) {
+            for (quota, (connection, driver)) in quotas.into_iter().zip(connections) {
                 let (payload, rec) = (payload.clone(), recorder.clone());
                 publishers.spawn(async move {
-                    publish_all(quota, 1, &rec, |seq, now| connection.post(payload.envelope(now, seq))).await;
+                    let work = publish_all(quota, 1, &rec, |seq, now| connection.post(payload.envelope(now, seq)));
+                    ingress::Connection::drive(driver, work).await;
                 });
             }
             measurement
