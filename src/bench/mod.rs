@@ -233,6 +233,10 @@ pub enum Kind {
 /// stalled, or `shutdown` was cancelled.
 pub async fn run(settings: &Settings, args: &BenchArgs, shutdown: CancellationToken) -> Result<(), BenchError> {
     let plan = Plan::new(settings, args);
+    if let Some(url) = &plan.ingress {
+        // A URL the load generator cannot use fails before any queue exists.
+        ingress::Target::parse(url)?;
+    }
     let mut report = Report::new(plan.clone());
     let mut stdout = std::io::stdout();
     if !args.json {

@@ -1,0 +1,176 @@
+//! `warren bench` as a process: small runs (classic queues) that must
+//! complete, count every event, report ratios, and leave no queue behind.
+//! Speed is not asserted here: it lives in the benchmark itself.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The tests compare the broker's `warren-bench-*` queues before and after
+/// a run, so they run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn bench(args: &[&str], exchange: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("bench")
+        .args(args)
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url())
+        .env("WARREN_TOPOLOGY__EXCHANGE", exchange)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run warren bench")
+}
+
+/// The names of the broker's queues made by `warren bench`.
+fn bench_queues() -> BTreeSet<String> {
+    support::faults::rabbitmqctl(&["-q", "list_queues", "name", "--no-table-headers"])
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with("warren-bench-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn report(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "warren bench failed ({}): {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("--json printed no JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn baseline_run_counts_every_event_reports_ratios_and_cleans_up() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let before = bench_queues();
+    let exchange = support::unique("bench-x");
+    let out = bench(
+        &["--baseline", "--events", "400", "--queue-type", "classic", "--json"],
+        &exchange,
+    );
+    let json = report(&out);
+    let run = &json["runs"][0];
+    for kind in ["warren", "baseline"] {
+        assert_eq!(run[kind]["events"], 400, "{kind}: {run}");
+        assert!(run[kind]["end_to_end_rate"].as_f64().unwrap() > 0.0, "{kind}: {run}");
+        assert!(run[kind]["latency_p99_ms"].as_f64().unwrap() > 0.0, "{kind}: {run}");
+    }
+    let ratio = json["summary"]["end_to_end_rate"]["ratio"]["median"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no end-to-end ratio: {}", json["summary"]));
+    assert!(ratio > 0.0, "{ratio}");
+    let after = bench_queues();
+    let left: Vec<_> = after.difference(&before).collect();
+    assert!(left.is_empty(), "queues left behind: {left:?}");
+}
+
+/// Deletes the test's exchange (a bench leaves a configured exchange alone).
+fn delete_exchange(name: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = support::connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        ch.exchange_delete(name.into(), Default::default()).await.unwrap();
+    });
+}
+
+/// A `warren ingress` process on a free port, publishing to `exchange`.
+struct Ingress(Child, String);
+
+impl Ingress {
+    fn start(exchange: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("ingress")
+            .env_remove("AMQP_URL")
+            .env("WARREN_AMQP__URL", support::amqp_url())
+            .env("WARREN_TOPOLOGY__EXCHANGE", exchange)
+            .env("WARREN_INGRESS__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start warren ingress");
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self(child, url);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("warren ingress did not listen on {url} within 10 s");
+    }
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ingress_run_posts_every_event_through_http() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let before = bench_queues();
+    let exchange = support::unique("bench-ingress-x");
+    let ingress = Ingress::start(&exchange);
+    let out = bench(
+        &[
+            "--ingress",
+            &ingress.1,
+            "--events",
+            "300",
+            "--queue-type",
+            "classic",
+            "--json",
+        ],
+        &exchange,
+    );
+    let json = report(&out);
+    let run = &json["runs"][0]["warren"];
+    assert_eq!(run["events"], 300, "{run}");
+    assert!(run["publish_rate"].as_f64().unwrap() > 0.0, "{run}");
+    assert_eq!(json["plan"]["ingress"], ingress.1.as_str());
+    drop(ingress);
+    let after = bench_queues();
+    let left: Vec<_> = after.difference(&before).collect();
+    assert!(left.is_empty(), "queues left behind: {left:?}");
+    delete_exchange(&exchange);
+}
+
+#[test]
+fn ingress_url_that_is_not_http_is_a_clear_error() {
+    let out = bench(&["--ingress", "https://127.0.0.1:8443", "--events", "10"], "unused");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--ingress https://127.0.0.1:8443: https:// is not supported"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ingress_that_is_not_running_is_a_clear_error() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let exchange = support::unique("bench-down-x");
+    let out = bench(
+        &["--ingress", &url, "--events", "10", "--queue-type", "classic"],
+        &exchange,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("connecting to {url}/events")), "{stderr}");
+    delete_exchange(&exchange);
+}
