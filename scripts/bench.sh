@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The benchmark series of docs/BENCHMARKS.md: the machine, then the two
-# documented commands, each repeated 3 times by `--runs 3` (medians with
-# min–max). Needs the broker of the settings (default 127.0.0.1:5672) and a
-# release build; run it from a directory whose warren.toml/.env (if any) are
-# the settings you want to bench.
+# The benchmark series of docs/BENCHMARKS.md: the machine, then the
+# documented commands, each repeated by `--runs` (medians with min–max), the
+# last one through a `warren ingress` started here (on $INGRESS_LISTEN,
+# default 127.0.0.1:8080, which must be free). Needs the broker of the
+# settings (default 127.0.0.1:5672), curl and a release build; run it from a
+# directory whose warren.toml/.env (if any) are the settings you want to
+# bench.
 #
 #   cargo build --release && scripts/bench.sh | tee bench.log
 set -euo pipefail
@@ -31,3 +33,16 @@ run() {
 run --baseline --events 50000 --runs 3
 run --rate 1000 --duration 20s --runs 3
 run --baseline --rate 1000 --duration 20s --runs 3
+
+# The ingress: `warren ingress` in its own process on the same machine,
+# driven over 64 keep-alive connections.
+listen="${INGRESS_LISTEN:-127.0.0.1:8080}"
+WARREN_INGRESS__LISTEN="$listen" "$warren" ingress 2>/dev/null &
+ingress=$!
+trap 'kill "$ingress" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -fsS "http://$listen/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS "http://$listen/readyz" >/dev/null || { echo "warren ingress is not ready on $listen" >&2; exit 1; }
+run --ingress "http://$listen" --baseline --events 20000 --runs 5
