@@ -15,12 +15,16 @@ use std::time::Duration;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn bench(args: &[&str], exchange: &str) -> Output {
+    bench_with(args, &[("WARREN_TOPOLOGY__EXCHANGE", exchange)])
+}
+
+fn bench_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_warren"))
         .arg("bench")
         .args(args)
         .env_remove("AMQP_URL")
         .env("WARREN_AMQP__URL", support::amqp_url())
-        .env("WARREN_TOPOLOGY__EXCHANGE", exchange)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run warren bench")
@@ -146,6 +150,34 @@ fn ingress_run_posts_every_event_through_http() {
     let left: Vec<_> = after.difference(&before).collect();
     assert!(left.is_empty(), "queues left behind: {left:?}");
     delete_exchange(&exchange);
+}
+
+#[test]
+fn ingress_run_warns_that_the_services_own_queue_gets_copies() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let s = support::settings("bench-copies", false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let conn = rt.block_on(support::connect());
+    let topology = rt.block_on(support::declare(&conn, &s));
+    let ingress = Ingress::start(&s.topology.exchange);
+    let out = bench_with(
+        &["--ingress", &ingress.1, "--events", "200", "--queue-type", "classic"],
+        &[
+            ("WARREN_TOPOLOGY__EXCHANGE", &s.topology.exchange),
+            ("WARREN_CONSUMER__SERVICE", &s.consumer.service),
+        ],
+    );
+    drop(ingress);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    let queue = topology.work_queue("user.registered");
+    assert!(stderr.contains(&format!("warning: queue {queue} exists")), "{stderr}");
+    // What the warning is about: that queue got every bench event too.
+    rt.block_on(async {
+        let ch = conn.create_channel().await.unwrap();
+        support::wait_ready(&ch, &queue, 200, Duration::from_secs(10)).await;
+        support::cleanup(&conn, &topology).await;
+    });
 }
 
 #[test]

@@ -117,6 +117,37 @@ impl Arena {
         result
     }
 
+    /// Which of `names` exist on the broker (passive declares).
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::Broker`] when the broker is unreachable.
+    pub async fn existing_queues(&self, names: &[String]) -> Result<Vec<String>, BenchError> {
+        within("looking up queues", async {
+            let conn = self.connect("setup").await?;
+            let mut found = Vec::new();
+            for name in names {
+                let ch = channel(&conn).await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                // A queue that does not exist closes the channel (404).
+                if ch
+                    .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                    .await
+                    .is_ok()
+                {
+                    found.push(name.clone());
+                    let _ = ch.close(200, "looked up".into()).await;
+                }
+            }
+            let _ = conn.close(200, "looked up".into()).await;
+            Ok(found)
+        })
+        .await
+    }
+
     /// Deletes the queues and (unless shared) the exchange. Best effort: a
     /// failure is logged, never returned.
     pub async fn cleanup(&self) {

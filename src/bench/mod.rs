@@ -38,7 +38,8 @@ use self::figures::Figures;
 use self::load::Limit;
 use self::report::{Report, RunPair};
 use crate::config::Settings;
-use crate::topology::QueueType;
+use crate::event::{Event, UserRegistered};
+use crate::topology::{QueueType, Topology};
 
 /// Options of `warren bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -236,6 +237,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs, shutdown: CancellationTo
     if let Some(url) = &plan.ingress {
         // A URL the load generator cannot use fails before any queue exists.
         ingress::Target::parse(url)?;
+        warn_about_copies(settings).await?;
     }
     let mut report = Report::new(plan.clone());
     let mut stdout = std::io::stdout();
@@ -264,6 +266,26 @@ pub async fn run(settings: &Settings, args: &BenchArgs, shutdown: CancellationTo
         report.render()
     };
     let _ = writeln!(stdout, "{text}");
+    Ok(())
+}
+
+/// The ingress publishes the bench events to the configured exchange, so
+/// any other queue bound to it for `user.registered` gets a copy of each
+/// (and its consumers handle them). Over AMQP the bindings cannot be listed;
+/// the configured service's own queue is the usual one, so say so when it
+/// exists.
+async fn warn_about_copies(settings: &Settings) -> Result<(), BenchError> {
+    let own = Topology::from_settings(settings).work_queue(UserRegistered::TYPE);
+    let arena = Arena::new(settings, "lookup", true);
+    if !arena.existing_queues(std::slice::from_ref(&own)).await?.is_empty() {
+        eprintln!(
+            "warning: queue {own} exists: if it is bound to exchange {exchange}, where the ingress publishes, \
+             it gets a copy of every bench event, and the broker does that work too. Bench the ingress on an \
+             exchange of its own: the same WARREN_TOPOLOGY__EXCHANGE=warren-bench for `warren ingress` and \
+             `warren bench`.",
+            exchange = settings.topology.exchange
+        );
+    }
     Ok(())
 }
 
