@@ -35,7 +35,9 @@ run --rate 1000 --duration 20s --runs 3
 run --baseline --rate 1000 --duration 20s --runs 3
 
 # The ingress: `warren ingress` in its own process on the same machine,
-# driven over 64 keep-alive connections.
+# driven over 64 keep-alive connections. Both publish to an exchange of
+# their own, so no other queue gets copies of the bench events.
+export WARREN_TOPOLOGY__EXCHANGE="${BENCH_EXCHANGE:-warren-bench}"
 listen="${INGRESS_LISTEN:-127.0.0.1:8080}"
 WARREN_INGRESS__LISTEN="$listen" "$warren" ingress 2>/dev/null &
 ingress=$!
