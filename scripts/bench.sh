@@ -47,4 +47,8 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 curl -fsS "http://$listen/readyz" >/dev/null || { echo "warren ingress is not ready on $listen" >&2; exit 1; }
+ticks() { awk '{print $14 + $15}' "/proc/$ingress/stat"; }
+before=$(ticks)
 run --ingress "http://$listen" --baseline --events 20000 --runs 5
+requests=$((20000 * 5))
+echo "ingress process CPU: $(( ($(ticks) - before) * 1000000 / $(getconf CLK_TCK) / requests )) µs per request ($requests requests, user + system)"
