@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::amqp::{self, ConnectOptions};
 use crate::config::Settings;
-use crate::event::{Envelope, Event, RawEnvelope};
+use crate::event::{EVENT_TYPES, Envelope, Event, RawEnvelope};
 use crate::topology::Topology;
 
 /// Why a publish is not confirmed. Nothing here means "maybe delivered"
@@ -302,32 +302,30 @@ async fn send_on(channel: &Channel, msg: &Message<'_>) -> Result<(), PublishErro
     }
 }
 
-/// Handles of the confirmed-publish metrics per event type, registered once
-/// (the recorder must be installed before the publisher is made).
+/// Handles of the confirmed-publish metrics of the known event types,
+/// registered on first use (the recorder must be installed before the
+/// publisher is made). One slot per entry of [`EVENT_TYPES`]: no lock on
+/// the publish path. Other routing keys are looked up each time.
 #[derive(Default)]
 struct PublishMetrics {
-    // A handful of event types: a scan beats hashing.
-    by_type: std::sync::RwLock<Vec<(String, metrics::Counter, metrics::Histogram)>>,
+    by_type: [std::sync::OnceLock<(metrics::Counter, metrics::Histogram)>; EVENT_TYPES.len()],
 }
 
 impl PublishMetrics {
     fn confirmed(&self, event_type: &str, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
-        let known = self.by_type.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, count, time)) = known.iter().find(|(t, _, _)| t == event_type) {
-            count.increment(1);
-            time.record(secs);
-            return;
-        }
-        drop(known);
-        let count = metrics::counter!(crate::metrics::PUBLISHED_TOTAL, "event_type" => event_type.to_owned(), "outcome" => "confirmed");
-        let time = metrics::histogram!(crate::metrics::PUBLISH_DURATION_SECONDS, "event_type" => event_type.to_owned());
+        let register = || {
+            (
+                metrics::counter!(crate::metrics::PUBLISHED_TOTAL, "event_type" => event_type.to_owned(), "outcome" => "confirmed"),
+                metrics::histogram!(crate::metrics::PUBLISH_DURATION_SECONDS, "event_type" => event_type.to_owned()),
+            )
+        };
+        let (count, time) = match EVENT_TYPES.iter().position(|t| t.name == event_type) {
+            Some(i) => self.by_type[i].get_or_init(register),
+            None => &register(),
+        };
         count.increment(1);
         time.record(secs);
-        self.by_type
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((event_type.to_owned(), count, time));
     }
 }
 
@@ -455,7 +453,9 @@ pub fn event_properties(
     let mut props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_message_id(ShortString::from(event_id.to_string()))
+        .with_message_id(ShortString::from(
+            &*event_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        ))
         .with_type(event_type.into())
         .with_timestamp(u64::try_from(timestamp.timestamp()).unwrap_or(0))
         .with_app_id(crate::event::truncate(source, 255).into());
