@@ -107,7 +107,12 @@ async fn publish(channel: &Channel, exchange: &ShortString, event: &Envelope<Use
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_message_id(event.event_id.to_string().into())
+        .with_message_id(ShortString::from(
+            &*event
+                .event_id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        ))
         .with_type(event.event_type.as_str().into())
         .with_timestamp(u64::try_from(event.timestamp.timestamp()).unwrap_or(0))
         .with_app_id(event.source.as_str().into());
