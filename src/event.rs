@@ -36,6 +36,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// A typed event payload: the `data` object of an [`Envelope`].
@@ -138,7 +139,7 @@ pub const EVENT_TYPES: &[EventType] = for_each_event_type!(event_type_list);
 pub struct EventType {
     /// `event_type` / routing key.
     pub name: &'static str,
-    check: fn(&serde_json::Value) -> Result<i64, ValidationError>,
+    check: fn(&RawValue) -> Result<i64, ValidationError>,
 }
 
 impl fmt::Debug for EventType {
@@ -174,16 +175,23 @@ impl EventType {
     /// # Errors
     ///
     /// A [`ValidationError`] naming the field that is missing, mistyped or invalid.
-    pub fn check(&self, data: &serde_json::Value) -> Result<i64, ValidationError> {
+    pub fn check(&self, data: &RawValue) -> Result<i64, ValidationError> {
         (self.check)(data)
     }
 }
 
-fn check_data<E: Event>(data: &serde_json::Value) -> Result<i64, ValidationError> {
-    let typed: E = serde_path_to_error::deserialize(data).map_err(|e| {
-        let path = e.path().to_string();
-        ValidationError::from_serde("data", &path, e.inner())
-    })?;
+fn check_data<E: Event>(data: &RawValue) -> Result<i64, ValidationError> {
+    // Fast path; only data that does not fit pays for tracking the path.
+    let typed: E = match serde_json::from_str(data.get()) {
+        Ok(typed) => typed,
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_str(data.get());
+            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                ValidationError::from_serde("data", &path, e.inner())
+            })?
+        }
+    };
     typed.validate()?;
     Ok(typed.user_id())
 }
@@ -264,22 +272,34 @@ fn check_common(source: &str, user_id: i64, data_user_id: i64) -> Result<(), Val
 }
 
 /// An envelope whose `data` is not yet typed: what the ingress and the CLI
-/// receive before they know which [`EventType`] it is.
-pub type RawEnvelope = Envelope<serde_json::Value>;
+/// receive before they know which [`EventType`] it is. `data` stays the
+/// JSON text it came as (checked against its type, published as is), so the
+/// ingress neither builds a `serde_json::Value` nor serialises one again.
+pub type RawEnvelope = Envelope<Box<RawValue>>;
 
 impl RawEnvelope {
     /// A new untyped envelope with a fresh UUIDv7 and the current time;
     /// call [`RawEnvelope::check_known`] before publishing it.
     #[must_use]
-    pub fn new_raw(event_type: String, source: String, user_id: i64, data: serde_json::Value) -> Self {
+    pub fn new_raw(event_type: String, source: String, user_id: i64, data: &serde_json::Value) -> Self {
         Self {
             event_id: Uuid::now_v7(),
             event_type,
             timestamp: now(),
             source,
             user_id,
-            data,
+            data: serde_json::value::to_raw_value(data).expect("a JSON value serializes"),
         }
+    }
+
+    /// `data` as a JSON value.
+    ///
+    /// # Panics
+    ///
+    /// Never: `data` is valid JSON by construction.
+    #[must_use]
+    pub fn data_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.data.get()).expect("raw data is valid JSON")
     }
 
     /// Parses a body of any known event type and validates it as that type.
@@ -364,13 +384,16 @@ impl ValidationError {
 
     fn from_serde(prefix: &str, path: &str, err: &serde_json::Error) -> Self {
         let msg = err.to_string();
-        // serde names a missing field in its message, not in the path.
-        let missing = msg
-            .strip_prefix("missing field `")
-            .and_then(|r| r.split('`').next())
-            .map(str::to_owned);
+        // serde names a missing or repeated field in its message, not in the path.
+        let named = |prefix: &str| {
+            msg.strip_prefix(prefix)
+                .and_then(|r| r.split('`').next())
+                .map(str::to_owned)
+        };
+        let missing = named("missing field `");
+        let twice = named("duplicate field `");
         let mut field = String::from(prefix);
-        for part in [path, missing.as_deref().unwrap_or("")] {
+        for part in [path, missing.as_deref().or(twice.as_deref()).unwrap_or("")] {
             if !part.is_empty() && part != "." {
                 if !field.is_empty() {
                     field.push('.');
@@ -384,6 +407,8 @@ impl ValidationError {
         // Drop serde's " at line 1 column 12": the field is named already.
         let reason = if missing.is_some() {
             "is required".to_owned()
+        } else if twice.is_some() {
+            "is given more than once".to_owned()
         } else {
             msg.find(" at line ").map_or(msg.clone(), |i| msg[..i].to_owned())
         };
@@ -457,6 +482,29 @@ mod tests {
         let (raw, kind) = RawEnvelope::parse_known(SEED_LOGIN.as_bytes()).unwrap();
         assert_eq!(kind.name, "user.login");
         assert_eq!(raw.user_id, 123);
+    }
+
+    #[test]
+    fn raw_data_is_kept_as_sent_and_checked_as_its_type() {
+        let data = r#"{ "user_id": 5, "username": "ann", "email": "ann@example.com",
+            "registration_timestamp": "2025-01-20T10:30:00Z", "plan": "pro" }"#;
+        let body = format!(r#"{{"event_type":"user.registered","source":"s","user_id":5,"data":{data}}}"#);
+        let (raw, _) = RawEnvelope::parse_known(body.as_bytes()).unwrap();
+        assert_eq!(raw.data.get(), data, "published as it came, unknown fields included");
+        let published = serde_json::to_string(&raw).unwrap();
+        assert!(published.contains(data), "{published}");
+        assert_eq!(raw.data_value()["plan"], "pro");
+        // A field given twice is ambiguous: rejected, naming it.
+        let twice = body.replace(r#""plan": "pro""#, r#""email": "bob@example.com""#);
+        match RawEnvelope::parse_known(twice.as_bytes()) {
+            Err(DecodeError::Invalid(v)) => {
+                assert_eq!(v.field, "data.email", "{v}");
+                assert_eq!(v.reason, "is given more than once", "{v}");
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+        let cli = RawEnvelope::new_raw("user.registered".into(), "cli".into(), 5, &raw.data_value());
+        assert_eq!(cli.check_known().unwrap().name, "user.registered");
     }
 
     #[test]

@@ -320,7 +320,7 @@ async fn publish(
         event_type,
         source.unwrap_or_else(|| settings.publisher.source.clone()),
         user_id,
-        data,
+        &data,
     );
     envelope.check_known()?;
     let publisher = Publisher::connect(settings, &format!("{} publish", settings.amqp.connection_name)).await?;

@@ -32,7 +32,7 @@ async fn seed_payloads_are_accepted_as_they_are() {
             seed["timestamp"].as_str().unwrap(),
             "the given timestamp is kept"
         );
-        assert_eq!(published[0].data, seed["data"]);
+        assert_eq!(published[0].data_value(), seed["data"]);
     }
 }
 
