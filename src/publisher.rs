@@ -224,9 +224,8 @@ impl Publisher {
     ///
     /// See [`PublishError`].
     pub async fn send(&self, msg: Message<'_>) -> Result<(), PublishError> {
-        let timeout = self.inner.confirm_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
         let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + self.inner.confirm_timeout;
         let result = self.send_until(&msg, deadline).await;
         if !self.inner.exchange.is_empty() && msg.exchange == self.inner.exchange {
             match &result {
@@ -239,13 +238,21 @@ impl Publisher {
 
     async fn send_until(&self, msg: &Message<'_>, deadline: tokio::time::Instant) -> Result<(), PublishError> {
         let timeout = self.inner.confirm_timeout;
-        let mut link_rx = self.inner.link.clone();
+        // A receiver of our own only to wait for a (new) connection.
+        let mut waiting: Option<watch::Receiver<Option<Arc<Link>>>> = None;
         loop {
             // Fast path: connected (no waiting, no timer).
-            let current = link_rx.borrow_and_update().clone();
+            let current = self.inner.link.borrow().clone();
             let link = match current {
                 Some(link) => link,
-                None => match tokio::time::timeout_at(deadline, link_rx.wait_for(Option::is_some)).await {
+                None => match tokio::time::timeout_at(
+                    deadline,
+                    waiting
+                        .get_or_insert_with(|| self.inner.link.clone())
+                        .wait_for(Option::is_some),
+                )
+                .await
+                {
                     Ok(Ok(link)) => link.clone().expect("waited for Some"),
                     Ok(Err(_)) => return Err(PublishError::ConnectionLost("publisher stopped".into())),
                     Err(_) => {
@@ -263,6 +270,7 @@ impl Publisher {
                     }
                     tracing::debug!(%reason, "connection lost before the confirm: sending again after reconnect");
                     // Wait for the supervisor to replace this link.
+                    let link_rx = waiting.get_or_insert_with(|| self.inner.link.clone());
                     let _ = tokio::time::timeout_at(
                         deadline,
                         link_rx.wait_for(|l| l.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &link))),
