@@ -97,14 +97,7 @@ impl Arena {
         let queue = self.queue();
         let result = loop {
             let ch = channel(&conn).await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            match ch
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                .await
-            {
+            match passive_declare(&ch, &queue).await {
                 Ok(q) if q.consumer_count() >= n => break Ok(()),
                 Ok(_) => {
                     let _ = ch.close(200, "polled".into()).await;
@@ -128,16 +121,8 @@ impl Arena {
             let mut found = Vec::new();
             for name in names {
                 let ch = channel(&conn).await?;
-                let passive = QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                };
                 // A queue that does not exist closes the channel (404).
-                if ch
-                    .queue_declare(name.as_str().into(), passive, FieldTable::default())
-                    .await
-                    .is_ok()
-                {
+                if passive_declare(&ch, name).await.is_ok() {
                     found.push(name.clone());
                     let _ = ch.close(200, "looked up".into()).await;
                 }
@@ -203,6 +188,16 @@ pub async fn within<T>(what: &str, step: impl Future<Output = Result<T, BenchErr
             "{what}: no answer within {SETUP_TIMEOUT:?}"
         )))
     })
+}
+
+/// Declares `queue` passively: its counts when it exists, an error (and a
+/// closed channel) when it does not.
+async fn passive_declare(ch: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(queue.into(), passive, FieldTable::default()).await
 }
 
 async fn channel(conn: &Connection) -> Result<Channel, BenchError> {
