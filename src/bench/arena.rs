@@ -110,25 +110,19 @@ impl Arena {
         result
     }
 
-    /// Which of `names` exist on the broker (passive declares).
+    /// Whether queue `name` exists on the broker (a passive declare).
     ///
     /// # Errors
     ///
     /// [`BenchError::Broker`] when the broker is unreachable.
-    pub async fn existing_queues(&self, names: &[String]) -> Result<Vec<String>, BenchError> {
-        within("looking up queues", async {
+    pub async fn queue_exists(&self, name: &str) -> Result<bool, BenchError> {
+        within("looking up a queue", async {
             let conn = self.connect("setup").await?;
-            let mut found = Vec::new();
-            for name in names {
-                let ch = channel(&conn).await?;
-                // A queue that does not exist closes the channel (404).
-                if passive_declare(&ch, name).await.is_ok() {
-                    found.push(name.clone());
-                    let _ = ch.close(200, "looked up".into()).await;
-                }
-            }
+            let ch = channel(&conn).await?;
+            // A queue that does not exist closes the channel (404).
+            let exists = passive_declare(&ch, name).await.is_ok();
             let _ = conn.close(200, "looked up".into()).await;
-            Ok(found)
+            Ok(exists)
         })
         .await
     }

@@ -69,9 +69,12 @@ pub struct BenchArgs {
     /// Pace publishing at this many events/s in total (for latency at a fixed load).
     #[arg(long, value_name = "EVENTS_PER_S", value_parser = parse_rate)]
     pub rate: Option<f64>,
-    /// Publish through the HTTP ingress at this base URL (POST {URL}/events,
-    /// 64 keep-alive connections) instead of the library publisher. The
-    /// ingress must publish to the configured topology.exchange.
+    /// Publish through the HTTP ingress at this base URL (http://host:port;
+    /// POST {URL}/events over 64 keep-alive connections) instead of the
+    /// library publisher. The ingress must publish to the configured
+    /// topology.exchange; give both an exchange of their own
+    /// (WARREN_TOPOLOGY__EXCHANGE=warren-bench), or every queue bound there
+    /// gets a copy of the bench events.
     #[arg(long, value_name = "URL")]
     pub ingress: Option<String>,
     /// Also run the bare-lapin baseline and report warren's figures as ratios of it.
@@ -276,8 +279,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs, shutdown: CancellationTo
 /// exists.
 async fn warn_about_copies(settings: &Settings) -> Result<(), BenchError> {
     let own = Topology::from_settings(settings).work_queue(UserRegistered::TYPE);
-    let arena = Arena::new(settings, "lookup", true);
-    if !arena.existing_queues(std::slice::from_ref(&own)).await?.is_empty() {
+    if Arena::new(settings, "lookup", true).queue_exists(&own).await? {
         eprintln!(
             "warning: queue {own} exists: if it is bound to exchange {exchange}, where the ingress publishes, \
              it gets a copy of every bench event, and the broker does that work too. Bench the ingress on an \
