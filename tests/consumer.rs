@@ -322,3 +322,130 @@ async fn retries_of_one_service_never_reach_another_bound_to_the_same_key() {
     support::cleanup(&conn, &ta).await;
     support::cleanup(&conn, &tb).await;
 }
+
+/// A handler that waits `pause` and records how many run at once.
+struct Slow {
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+    seen: Seen,
+    pause: Duration,
+}
+
+impl Slow {
+    fn new(pause: Duration) -> Self {
+        Self {
+            running: Arc::default(),
+            most: Arc::default(),
+            started: Arc::default(),
+            seen: seen(),
+            pause,
+        }
+    }
+
+    fn handler(
+        &self,
+    ) -> impl Fn(Envelope<UserRegistered>, Context) -> futures_util::future::BoxFuture<'static, Result<(), HandlerError>>
+    + Send
+    + Sync
+    + 'static {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (running, most, started, seen, pause) = (
+            self.running.clone(),
+            self.most.clone(),
+            self.started.clone(),
+            self.seen.clone(),
+            self.pause,
+        );
+        move |e, ctx| {
+            let (running, most, seen) = (running.clone(), most.clone(), seen.clone());
+            started.fetch_add(1, SeqCst);
+            Box::pin(async move {
+                most.fetch_max(running.fetch_add(1, SeqCst) + 1, SeqCst);
+                tokio::time::sleep(pause).await;
+                running.fetch_sub(1, SeqCst);
+                seen.lock().unwrap().push((e.event_id, ctx.attempt, Instant::now()));
+                Ok(())
+            })
+        }
+    }
+}
+
+#[tokio::test]
+async fn handlers_that_wait_run_at_most_concurrency_at_once_and_each_is_acked() {
+    let conn = support::connect().await;
+    let s = support::settings("slow", false);
+    let slow = Slow::new(Duration::from_millis(30));
+    let limits = warren::consumer::Limits {
+        prefetch: 20,
+        concurrency: 3,
+    };
+    let consumer = Consumer::new(s.clone()).on_with(slow.handler(), limits);
+    let topology = consumer.topology();
+    let declared = support::declare(&conn, &s).await;
+    let publisher = Publisher::connect(&s, "tests").await.unwrap();
+    let events: Vec<_> = (0..30).map(support::registered).collect();
+    for r in publisher.publish_batch(&events).await {
+        r.unwrap();
+    }
+    let (token, handle) = start(consumer);
+    support::eventually(Duration::from_secs(20), "30 handled", || count(&slow.seen) >= 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(token, handle).await;
+
+    assert_eq!(
+        slow.most.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "as many at once as the concurrency allows, never more"
+    );
+    let seen = slow.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 30, "each handled once");
+    for e in &events {
+        assert_eq!(seen.iter().filter(|s| s.0 == e.event_id).count(), 1);
+    }
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(
+        support::ready(&ch, &topology.work_queue("user.registered")).await,
+        0,
+        "all acked: nothing went back to the queue when the channel closed"
+    );
+    support::cleanup(&conn, &declared).await;
+}
+
+#[tokio::test]
+async fn stopping_waits_for_running_handlers_and_acks_what_they_finish() {
+    let conn = support::connect().await;
+    let mut s = support::settings("drain", false);
+    s.consumer.shutdown_timeout = Duration::from_secs(10);
+    let slow = Slow::new(Duration::from_millis(800));
+    let limits = warren::consumer::Limits {
+        prefetch: 10,
+        concurrency: 4,
+    };
+    let consumer = Consumer::new(s.clone()).on_with(slow.handler(), limits);
+    let topology = consumer.topology();
+    let declared = support::declare(&conn, &s).await;
+    let publisher = Publisher::connect(&s, "tests").await.unwrap();
+    let events: Vec<_> = (0..4).map(support::registered).collect();
+    for r in publisher.publish_batch(&events).await {
+        r.unwrap();
+    }
+    let (token, handle) = start(consumer);
+    let started = || slow.started.load(std::sync::atomic::Ordering::SeqCst);
+    support::eventually(Duration::from_secs(10), "4 started", || started() == 4).await;
+    assert_eq!(count(&slow.seen), 0, "none finished yet");
+    stop(token, handle).await;
+
+    assert_eq!(
+        count(&slow.seen),
+        4,
+        "the consumer stopped only after its handlers finished"
+    );
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(
+        support::ready(&ch, &topology.work_queue("user.registered")).await,
+        0,
+        "what finished during the drain was acked"
+    );
+    support::cleanup(&conn, &declared).await;
+}

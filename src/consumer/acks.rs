@@ -41,8 +41,9 @@ pub struct AckBook {
 impl AckBook {
     fn slot(&mut self, tag: u64) -> Option<&mut Slot> {
         let index = usize::try_from(tag.checked_sub(self.floor + 1)?).ok()?;
-        if index >= self.slots.len() {
-            self.slots.resize(index + 1, Slot::Open);
+        // Tags come in order: nearly always one slot more.
+        while self.slots.len() <= index {
+            self.slots.push_back(Slot::Open);
         }
         self.slots.get_mut(index)
     }

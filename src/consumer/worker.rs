@@ -2,14 +2,15 @@
 //! decide-publish-ack path, coalesced acks, and the drain on shutdown.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
@@ -80,46 +81,94 @@ impl Worker {
             "consuming"
         );
 
-        let acks = AckTask::start(channel.clone(), queue.clone(), usize::from(self.limits.prefetch) / 4);
+        let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             metrics: QueueMetrics::new(&queue),
             worker: self,
             queue: Arc::from(queue.as_str()),
             channel: channel.clone(),
-            acks: acks.sender(),
         });
+        let mut acks = Acks::new(
+            channel.clone(),
+            queue.clone(),
+            usize::from(shared.worker.limits.prefetch),
+        );
         let permits = Arc::new(Semaphore::new(shared.worker.limits.concurrency));
         let tracker = TaskTracker::new();
         let mut result = Ok(());
         // One cancellation future for the whole loop, not two per delivery.
         let cancelled = stop.cancelled();
         tokio::pin!(cancelled);
-        loop {
-            let permit = match permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => tokio::select! {
+        // Handlers that went on in tasks and have not reported back yet.
+        let mut in_tasks = 0usize;
+        while !stop.is_cancelled() {
+            if in_tasks > 0 {
+                while let Ok(s) = settled_rx.try_recv() {
+                    in_tasks -= 1;
+                    acks.record(s);
+                }
+            }
+            if acks.due() {
+                acks.flush().await;
+            }
+            // A handler starts only while a permit is free. Only this loop
+            // takes permits, so the one seen free here is still free below.
+            let reserved = if permits.available_permits() == 0 {
+                acks.flush().await;
+                tokio::select! {
                     biased;
                     () = &mut cancelled => break,
-                    p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                },
+                    p = permits.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
+                }
+            } else {
+                None
             };
-            let next = tokio::select! {
-                biased;
-                () = &mut cancelled => break,
-                d = deliveries.next() => d,
+            // Deliveries waiting in the stream are taken at once; only when
+            // it is momentarily empty are the acks flushed and the loop parked.
+            let next = match deliveries.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    acks.flush().await;
+                    tokio::select! {
+                        biased;
+                        () = &mut cancelled => break,
+                        Some(s) = settled_rx.recv(), if in_tasks > 0 => {
+                            in_tasks -= 1;
+                            acks.record(s);
+                            continue;
+                        }
+                        d = deliveries.next() => d,
+                    }
+                }
             };
             match next {
                 Some(Ok(delivery)) => {
                     let shared = shared.clone();
-                    let mut work = Box::pin(async move {
-                        shared.process(&delivery).await;
-                        drop(permit);
-                    });
+                    let mut work = Box::pin(async move { shared.process(&delivery).await });
                     // A handler that finishes without waiting (most do: the
-                    // event is handled from memory) needs no task of its own;
-                    // one that waits goes on in a task, within the permits.
-                    if futures_util::poll!(work.as_mut()).is_pending() {
-                        tracker.spawn(work);
+                    // event is handled from memory) is settled here, with no
+                    // task and no permit of its own; one that waits goes on
+                    // in a task that holds a permit, and reports back over
+                    // the channel.
+                    match futures_util::poll!(work.as_mut()) {
+                        Poll::Ready(settled) => acks.record(settled),
+                        Poll::Pending => {
+                            let permit = reserved.unwrap_or_else(|| {
+                                permits
+                                    .clone()
+                                    .try_acquire_owned()
+                                    .expect("a permit is free: only this loop takes them")
+                            });
+                            let settled_tx = settled_tx.clone();
+                            in_tasks += 1;
+                            tracker.spawn(async move {
+                                let settled = work.await;
+                                drop(permit);
+                                // A closed receiver means the worker gave up on
+                                // this channel: the broker redelivers the message.
+                                let _ = settled_tx.send(settled);
+                            });
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -144,12 +193,32 @@ impl Worker {
         } else {
             Duration::ZERO
         };
-        if tokio::time::timeout(timeout, tracker.wait()).await.is_err() && !tracker.is_empty() {
-            warn!(
-                queue,
-                unfinished = tracker.len(),
-                "handlers still running after {timeout:?}: their messages stay unacked and will be redelivered"
-            );
+        // Handlers still running are waited for, and acked as they finish.
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            while let Ok(s) = settled_rx.try_recv() {
+                acks.record(s);
+            }
+            acks.flush().await;
+            tokio::select! {
+                biased;
+                Some(s) = settled_rx.recv() => acks.record(s),
+                () = tracker.wait() => {
+                    while let Ok(s) = settled_rx.try_recv() {
+                        acks.record(s);
+                    }
+                    break;
+                }
+                () = &mut deadline => {
+                    warn!(
+                        queue,
+                        unfinished = tracker.len(),
+                        "handlers still running after {timeout:?}: their messages stay unacked and will be redelivered"
+                    );
+                    break;
+                }
+            }
         }
         acks.finish().await;
         if channel.status().connected() {
@@ -194,11 +263,10 @@ struct Shared {
     worker: Worker,
     queue: Arc<str>,
     channel: Channel,
-    acks: mpsc::UnboundedSender<AckMsg>,
 }
 
 impl Shared {
-    async fn process(&self, delivery: &Delivery) {
+    async fn process(&self, delivery: &Delivery) -> Settlement {
         let attempt = headers::attempt(&delivery.properties);
         // A debug span: at the default info level it is disabled, and the
         // delivery is processed without entering it.
@@ -210,13 +278,13 @@ impl Shared {
             attempt
         );
         if span.is_disabled() {
-            self.process_inner(delivery, attempt).await;
+            self.process_inner(delivery, attempt).await
         } else {
-            self.process_inner(delivery, attempt).instrument(span).await;
+            self.process_inner(delivery, attempt).instrument(span).await
         }
     }
 
-    async fn process_inner(&self, delivery: &Delivery, attempt: u32) {
+    async fn process_inner(&self, delivery: &Delivery, attempt: u32) -> Settlement {
         let ctx = Context {
             attempt,
             queue: self.queue.clone(),
@@ -234,10 +302,7 @@ impl Shared {
             Outcome::Undecodable(reason, error) => (Decision::DeadLetter(reason), error),
         };
         let target = match decision {
-            Decision::Ack => {
-                self.settle(delivery.delivery_tag, Settled::Acked);
-                return;
-            }
+            Decision::Ack => return self.settle(delivery.delivery_tag, Settled::Acked),
             Decision::Retry { tier } => {
                 let q = self.worker.topology.retry_queue(self.worker.route.event_type(), tier);
                 debug!(tier, error, "retrying later");
@@ -254,7 +319,7 @@ impl Shared {
         };
         // The republish future is large and rare: boxed, it keeps every
         // delivery's task small.
-        Box::pin(self.republish(delivery, attempt, target, error)).await;
+        Box::pin(self.republish(delivery, attempt, target, error)).await
     }
 
     async fn republish(
@@ -263,7 +328,7 @@ impl Shared {
         attempt: u32,
         target: (String, Option<&'static str>),
         error: String,
-    ) {
+    ) -> Settlement {
         let tag = delivery.delivery_tag;
         let origin = Origin {
             exchange: delivery.exchange.as_str(),
@@ -294,85 +359,102 @@ impl Shared {
                     requeue: true,
                     multiple: false,
                 };
-                if self.channel.basic_nack(tag, requeue).await.is_ok() {
-                    let _ = self.acks.send(AckMsg::Elsewhere(tag));
-                }
                 self.metrics.requeued.increment(1);
+                if self.channel.basic_nack(tag, requeue).await.is_ok() {
+                    Settlement::Elsewhere(tag)
+                } else {
+                    // The channel is gone: the broker redelivers it.
+                    Settlement::Unsettled
+                }
             }
         }
     }
 
-    fn settle(&self, tag: u64, outcome: Settled) {
+    fn settle(&self, tag: u64, outcome: Settled) -> Settlement {
         match outcome {
             Settled::Acked => &self.metrics.acked,
             Settled::Retried => &self.metrics.retried,
             Settled::DeadLettered => &self.metrics.dead_lettered,
         }
         .increment(1);
-        // A closed ack task means the worker gave up on this channel: the
-        // broker redelivers the message.
-        let _ = self.acks.send(AckMsg::Settle(tag));
+        Settlement::Ack(tag)
     }
 }
 
-enum AckMsg {
-    Settle(u64),
+/// How a delivery left the handler path: what its channel still owes the broker.
+enum Settlement {
+    /// Settled by warren: wants an ack.
+    Ack(u64),
+    /// Nacked (requeued) on the wire already.
     Elsewhere(u64),
-    Finish(oneshot::Sender<()>),
+    /// Neither: the channel died first, and the broker redelivers it.
+    Unsettled,
 }
 
-/// The task that owns a channel's [`AckBook`] and sends its frames.
-struct AckTask {
-    tx: mpsc::UnboundedSender<AckMsg>,
+/// A channel's [`AckBook`] and the frames it sends, owned by the worker loop.
+struct Acks {
+    book: AckBook,
+    channel: Channel,
+    queue: String,
+    /// Settled deliveries worth one ack frame even while more keep coming.
+    flush_at: usize,
+    /// Settled deliveries held behind an unsettled one that get acked singly.
+    single_after: usize,
+    stale: u64,
 }
 
-impl AckTask {
-    fn start(channel: Channel, queue: String, single_after: usize) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut book = AckBook::default();
-            let mut stale = 0u64;
-            while let Some(first) = rx.recv().await {
-                let mut finish = None;
-                for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                    match msg {
-                        AckMsg::Settle(t) => book.settle(t),
-                        AckMsg::Elsewhere(t) => book.settled_elsewhere(t),
-                        AckMsg::Finish(done) => finish = Some(done),
-                    }
-                }
-                let last = finish.is_some();
-                for AckFrame::Ack { tag, multiple } in book.flush(if last { 0 } else { single_after }) {
-                    if let Err(e) = channel.basic_ack(tag, BasicAckOptions { multiple }).await {
-                        // The channel is gone: the broker will redeliver these.
-                        stale += 1;
-                        metrics::counter!(crate::metrics::STALE_ACKS_TOTAL, "queue" => queue.clone()).increment(1);
-                        debug!(queue, tag, error = %describe(&e), "ack on a closed channel");
-                    }
-                }
-                if let Some(done) = finish {
-                    if stale > 0 {
-                        warn!(
-                            queue,
-                            stale, "acks lost with the channel; those messages will be redelivered"
-                        );
-                    }
-                    let _ = done.send(());
-                    return;
-                }
+impl Acks {
+    fn new(channel: Channel, queue: String, prefetch: usize) -> Self {
+        let quarter = (prefetch / 4).max(1);
+        Self {
+            book: AckBook::default(),
+            channel,
+            queue,
+            flush_at: quarter,
+            single_after: quarter,
+            stale: 0,
+        }
+    }
+
+    fn record(&mut self, settled: Settlement) {
+        match settled {
+            Settlement::Ack(tag) => self.book.settle(tag),
+            Settlement::Elsewhere(tag) => self.book.settled_elsewhere(tag),
+            Settlement::Unsettled => {}
+        }
+    }
+
+    /// Enough settled deliveries wait for an ack to send one now.
+    fn due(&self) -> bool {
+        self.book.pending() >= self.flush_at
+    }
+
+    async fn flush(&mut self) {
+        let frames = self.book.flush(self.single_after);
+        self.send(frames).await;
+    }
+
+    /// Acks everything settled, however it is spread.
+    async fn finish(mut self) {
+        let frames = self.book.flush(0);
+        self.send(frames).await;
+        if self.stale > 0 {
+            warn!(
+                queue = self.queue,
+                stale = self.stale,
+                "acks lost with the channel; those messages will be redelivered"
+            );
+        }
+    }
+
+    async fn send(&mut self, frames: Vec<AckFrame>) {
+        for AckFrame::Ack { tag, multiple } in frames {
+            if let Err(e) = self.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
+                // The channel is gone: the broker will redeliver these.
+                self.stale += 1;
+                metrics::counter!(crate::metrics::STALE_ACKS_TOTAL, "queue" => self.queue.clone()).increment(1);
+                debug!(queue = self.queue, tag, error = %describe(&e), "ack on a closed channel");
             }
-        });
-        Self { tx }
-    }
-
-    fn sender(&self) -> mpsc::UnboundedSender<AckMsg> {
-        self.tx.clone()
-    }
-
-    async fn finish(self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(AckMsg::Finish(done)).is_ok() {
-            let _ = wait.await;
         }
     }
 }
