@@ -76,6 +76,7 @@ struct Inner {
     link: watch::Receiver<Option<Arc<Link>>>,
     exchange: String,
     confirm_timeout: Duration,
+    expiries: Expiries,
     resend: bool,
     metrics: PublishMetrics,
     // Cancelled (stopping the supervisor) when the last clone is dropped.
@@ -120,6 +121,7 @@ impl Publisher {
                 link: rx,
                 exchange: settings.topology.exchange.clone(),
                 confirm_timeout: settings.publisher.confirm_timeout,
+                expiries: Expiries::new(settings.publisher.confirm_timeout),
                 resend: settings.publisher.resend_on_reconnect,
                 metrics: PublishMetrics::default(),
                 _supervisor: Some(stop.drop_guard()),
@@ -153,6 +155,7 @@ impl Publisher {
                 link: rx,
                 exchange: exchange.to_owned(),
                 confirm_timeout,
+                expiries: Expiries::new(confirm_timeout),
                 resend: false,
                 metrics: PublishMetrics::default(),
                 _supervisor: None,
@@ -226,7 +229,7 @@ impl Publisher {
     pub async fn send(&self, msg: Message<'_>) -> Result<(), PublishError> {
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + self.inner.confirm_timeout;
-        let result = self.send_until(&msg, deadline).await;
+        let result = self.send_until(&msg, started, deadline).await;
         if !self.inner.exchange.is_empty() && msg.exchange == self.inner.exchange {
             match &result {
                 Ok(()) => self.inner.metrics.confirmed(msg.routing_key, started.elapsed()),
@@ -236,8 +239,16 @@ impl Publisher {
         result
     }
 
-    async fn send_until(&self, msg: &Message<'_>, deadline: tokio::time::Instant) -> Result<(), PublishError> {
+    async fn send_until(
+        &self,
+        msg: &Message<'_>,
+        started: std::time::Instant,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), PublishError> {
         let timeout = self.inner.confirm_timeout;
+        // The confirm's deadline, shared with the publishes that started
+        // about now (the wait for a connection above keeps an exact one).
+        let expiry = self.inner.expiries.around(started);
         // A receiver of our own only to wait for a (new) connection.
         let mut waiting: Option<watch::Receiver<Option<Arc<Link>>>> = None;
         loop {
@@ -262,9 +273,13 @@ impl Publisher {
                     }
                 },
             };
-            match tokio::time::timeout_at(deadline, send_on(&link.channel, msg)).await {
-                Err(_) => return Err(PublishError::Timeout(timeout)),
-                Ok(Err(PublishError::ConnectionLost(reason))) => {
+            let sent = tokio::select! {
+                biased;
+                sent = send_on(&link.channel, msg) => sent,
+                () = expiry.expired() => return Err(PublishError::Timeout(timeout)),
+            };
+            match sent {
+                Err(PublishError::ConnectionLost(reason)) => {
                     if !self.inner.resend || self.inner._supervisor.is_none() {
                         return Err(PublishError::ConnectionLost(reason));
                     }
@@ -277,7 +292,7 @@ impl Publisher {
                     )
                     .await;
                 }
-                Ok(other) => return other,
+                other => return other,
             }
         }
     }
@@ -334,6 +349,78 @@ impl PublishMetrics {
         };
         count.increment(1);
         time.record(secs);
+    }
+}
+
+/// Confirm deadlines at a coarse grain.
+///
+/// A timer of its own per publish costs more than a tenth of warren's
+/// instructions per event over a bare lapin loop: its entry in tokio's timer
+/// wheel is registered and cleared again for every confirm that arrives in
+/// time, which is nearly all of them. Publishes that start within the same
+/// `grain` share one [`Expiry`] instead. It fires `grain` after the last of
+/// them could have started plus the timeout, so a publish gives up between
+/// `timeout` and `timeout + grain` after it started, never before.
+struct Expiries {
+    timeout: Duration,
+    grain: Duration,
+    current: std::sync::Mutex<Option<Arc<Expiry>>>,
+}
+
+/// One shared confirm deadline; see [`Expiries`].
+struct Expiry {
+    /// Start of the publishes that share it.
+    opened: std::time::Instant,
+    fired: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Expiries {
+    /// The grain is a sixteenth of the timeout, and at most 250 ms.
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            grain: (timeout / 16).min(Duration::from_millis(250)),
+            current: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The expiry of a publish that started at `started`.
+    fn around(&self, started: std::time::Instant) -> Arc<Expiry> {
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(expiry) = current.as_ref()
+            && started >= expiry.opened
+            && started - expiry.opened < self.grain
+        {
+            return expiry.clone();
+        }
+        let expiry = Arc::new(Expiry {
+            opened: started,
+            fired: std::sync::atomic::AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+        });
+        *current = Some(expiry.clone());
+        drop(current);
+        let at = tokio::time::Instant::from_std(started) + self.grain + self.timeout;
+        let firing = expiry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            firing.fired.store(true, std::sync::atomic::Ordering::Release);
+            firing.notify.notify_waiters();
+        });
+        expiry
+    }
+}
+
+impl Expiry {
+    /// Resolves once the deadline has passed.
+    async fn expired(&self) {
+        // Made before the flag is read, the waiter cannot miss the wake-up.
+        let notified = self.notify.notified();
+        if self.fired.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -481,4 +568,42 @@ fn setup_err(e: lapin::Error) -> PublishError {
 
 fn lost(e: lapin::Error) -> PublishError {
     PublishError::ConnectionLost(amqp::describe(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publishes_within_a_grain_share_an_expiry_and_later_ones_get_their_own() {
+        let expiries = Expiries::new(Duration::from_millis(1600));
+        assert_eq!(expiries.grain, Duration::from_millis(100));
+        let t0 = std::time::Instant::now();
+        let first = expiries.around(t0);
+        assert!(Arc::ptr_eq(&first, &expiries.around(t0 + Duration::from_millis(99))));
+        let next = expiries.around(t0 + Duration::from_millis(100));
+        assert!(!Arc::ptr_eq(&first, &next));
+        // A start before the current expiry's (a clock read earlier by a
+        // slower task) gets one of its own, so it never fires late.
+        assert!(!Arc::ptr_eq(&next, &expiries.around(t0)));
+        assert_eq!(Expiries::new(Duration::from_secs(60)).grain, Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn an_expiry_fires_after_the_timeout_and_its_grain_never_before() {
+        let timeout = Duration::from_millis(320);
+        let expiries = Expiries::new(timeout);
+        let started = std::time::Instant::now();
+        let expiry = expiries.around(started);
+        // Waiting before and after it fired both resolve.
+        let early = expiry.expired();
+        tokio::time::timeout(Duration::from_secs(10), early)
+            .await
+            .expect("fires");
+        let waited = started.elapsed();
+        assert!(waited >= timeout + expiries.grain, "fired after {waited:?}");
+        tokio::time::timeout(Duration::from_millis(100), expiry.expired())
+            .await
+            .expect("already fired: resolves at once");
+    }
 }
