@@ -74,7 +74,7 @@ impl Event for UserRegistered {
     }
 
     fn validate(&self) -> Result<(), ValidationError> {
-        if self.username.trim().is_empty() {
+        if is_blank(&self.username) {
             return Err(ValidationError::new("data.username", "must not be empty"));
         }
         if !looks_like_email(&self.email) {
@@ -259,7 +259,7 @@ impl<E: Event> Envelope<E> {
 }
 
 fn check_common(source: &str, user_id: i64, data_user_id: i64) -> Result<(), ValidationError> {
-    if source.trim().is_empty() {
+    if is_blank(source) {
         return Err(ValidationError::new("source", "must not be empty"));
     }
     if user_id != data_user_id {
@@ -446,6 +446,11 @@ pub fn looks_like_email(s: &str) -> bool {
         && (s.is_ascii() || !s.chars().any(char::is_whitespace))
 }
 
+/// Whether `s` is empty or only whitespace; stops at the first other character.
+fn is_blank(s: &str) -> bool {
+    s.chars().all(char::is_whitespace)
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 #[must_use]
 pub fn truncate(s: &str, max: usize) -> &str {
@@ -593,8 +598,36 @@ mod tests {
         for ok in ["a@b.co", "john.doe+x@mail.example.com"] {
             assert!(looks_like_email(ok), "{ok}");
         }
-        for bad in ["nope", "@b.co", "a@b", "a@@b.co", "a b@c.de", "a@.com", "a@com."] {
-            assert!(!looks_like_email(bad), "{bad}");
+        for bad in [
+            "nope",
+            "@b.co",
+            "a@b",
+            "a@@b.co",
+            "a@b@c.co",
+            "a b@c.de",
+            "a\tb@c.de",
+            "a\u{7f}@b.co",
+            "a@.com",
+            "a@com.",
+            "a@b.co\u{2003}",
+            "",
+        ] {
+            assert!(!looks_like_email(bad), "{bad:?}");
+        }
+        assert!(looks_like_email("jösé@exämple.de"), "non-ASCII without whitespace");
+        assert!(
+            !looks_like_email(&format!("{}@b.co", "a".repeat(250))),
+            "longer than 254 bytes"
+        );
+    }
+
+    #[test]
+    fn blank_is_empty_or_only_whitespace() {
+        for blank in ["", " ", "\t\n", "\u{2003}"] {
+            assert!(is_blank(blank), "{blank:?}");
+        }
+        for text in ["a", " a ", "\u{2003}x"] {
+            assert!(!is_blank(text), "{text:?}");
         }
     }
 
