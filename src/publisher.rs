@@ -199,20 +199,22 @@ impl Publisher {
 
     async fn publish_envelope<D: serde::Serialize>(&self, envelope: &Envelope<D>) -> Result<(), PublishError> {
         let body = serde_json::to_vec(envelope).map_err(|e| PublishError::Serialize(e.to_string()))?;
-        let properties = event_properties(
-            envelope.event_id,
-            &envelope.event_type,
-            envelope.timestamp,
-            &envelope.source,
-            None,
-        );
-        let msg = Message {
+        let to = Destination {
             exchange: &self.inner.exchange,
             routing_key: &envelope.event_type,
             body: &body,
-            properties,
         };
-        self.send(msg).await
+        // Made again for a re-send rather than cloned for every publish.
+        let properties = || {
+            event_properties(
+                envelope.event_id,
+                &envelope.event_type,
+                envelope.timestamp,
+                &envelope.source,
+                None,
+            )
+        };
+        self.send_with(to, properties).await
     }
 
     /// Publishes many events with their confirms in flight together; one
@@ -227,13 +229,29 @@ impl Publisher {
     ///
     /// See [`PublishError`].
     pub async fn send(&self, msg: Message<'_>) -> Result<(), PublishError> {
+        let to = Destination {
+            exchange: msg.exchange,
+            routing_key: msg.routing_key,
+            body: msg.body,
+        };
+        // Each attempt takes a copy: a re-send after a reconnect needs them again.
+        let properties = msg.properties;
+        self.send_with(to, || properties.clone()).await
+    }
+
+    /// Sends to `to` with the properties `properties()` makes, once per attempt.
+    async fn send_with(
+        &self,
+        to: Destination<'_>,
+        properties: impl FnMut() -> BasicProperties,
+    ) -> Result<(), PublishError> {
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + self.inner.confirm_timeout;
-        let result = self.send_until(&msg, started, deadline).await;
-        if !self.inner.exchange.is_empty() && msg.exchange == self.inner.exchange {
+        let result = self.send_until(&to, properties, started, deadline).await;
+        if !self.inner.exchange.is_empty() && to.exchange == self.inner.exchange {
             match &result {
-                Ok(()) => self.inner.metrics.confirmed(msg.routing_key, started.elapsed()),
-                Err(_) => crate::metrics::record_publish(msg.routing_key, &result, started.elapsed()),
+                Ok(()) => self.inner.metrics.confirmed(to.routing_key, started.elapsed()),
+                Err(_) => crate::metrics::record_publish(to.routing_key, &result, started.elapsed()),
             }
         }
         result
@@ -241,7 +259,8 @@ impl Publisher {
 
     async fn send_until(
         &self,
-        msg: &Message<'_>,
+        to: &Destination<'_>,
+        mut properties: impl FnMut() -> BasicProperties,
         started: std::time::Instant,
         deadline: tokio::time::Instant,
     ) -> Result<(), PublishError> {
@@ -275,7 +294,7 @@ impl Publisher {
             };
             let sent = tokio::select! {
                 biased;
-                sent = send_on(&link.channel, msg) => sent,
+                sent = send_on(&link.channel, to, properties()) => sent,
                 () = expiry.expired() => return Err(PublishError::Timeout(timeout)),
             };
             match sent {
@@ -298,28 +317,35 @@ impl Publisher {
     }
 }
 
-async fn send_on(channel: &Channel, msg: &Message<'_>) -> Result<(), PublishError> {
+/// Where a message goes, and its body.
+struct Destination<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    body: &'a [u8],
+}
+
+async fn send_on(channel: &Channel, to: &Destination<'_>, properties: BasicProperties) -> Result<(), PublishError> {
     let confirm = channel
         .basic_publish(
-            msg.exchange.into(),
-            msg.routing_key.into(),
+            to.exchange.into(),
+            to.routing_key.into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..BasicPublishOptions::default()
             },
-            msg.body,
-            msg.properties.clone(),
+            to.body,
+            properties,
         )
         .await
         .map_err(lost)?;
     match confirm.await.map_err(lost)? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
-            exchange: msg.exchange.to_owned(),
-            routing_key: msg.routing_key.to_owned(),
+            exchange: to.exchange.to_owned(),
+            routing_key: to.routing_key.to_owned(),
         }),
         Confirmation::Nack(_) => Err(PublishError::Nacked {
-            routing_key: msg.routing_key.to_owned(),
+            routing_key: to.routing_key.to_owned(),
         }),
         Confirmation::NotRequested => Err(PublishError::Setup("publisher confirms are not enabled".into())),
     }
