@@ -371,81 +371,99 @@ impl Slow {
     }
 }
 
+/// `n` events published, then a consumer with a [`Slow`] handler started on them.
+struct SlowRun {
+    conn: std::sync::Arc<lapin::Connection>,
+    slow: Slow,
+    work_queue: String,
+    declared: warren::Topology,
+    events: Vec<Envelope<UserRegistered>>,
+    running: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl SlowRun {
+    async fn start(s: &Settings, pause: Duration, limits: warren::consumer::Limits, n: i64) -> Self {
+        let conn = support::connect().await;
+        let slow = Slow::new(pause);
+        let consumer = Consumer::new(s.clone()).on_with(slow.handler(), limits);
+        let work_queue = consumer.topology().work_queue("user.registered");
+        let declared = support::declare(&conn, s).await;
+        let publisher = Publisher::connect(s, "tests").await.unwrap();
+        let events: Vec<_> = (0..n).map(support::registered).collect();
+        for r in publisher.publish_batch(&events).await {
+            r.unwrap();
+        }
+        Self {
+            conn,
+            slow,
+            work_queue,
+            declared,
+            events,
+            running: Some(start(consumer)),
+        }
+    }
+
+    async fn stop(&mut self) {
+        let (token, handle) = self.running.take().expect("started once, stopped once");
+        stop(token, handle).await;
+    }
+
+    /// Nothing went back to the work queue when the consumer's channel closed.
+    async fn assert_all_acked(self, why: &str) {
+        let ch = self.conn.create_channel().await.unwrap();
+        assert_eq!(support::ready(&ch, &self.work_queue).await, 0, "{why}");
+        support::cleanup(&self.conn, &self.declared).await;
+    }
+}
+
 #[tokio::test]
 async fn handlers_that_wait_run_at_most_concurrency_at_once_and_each_is_acked() {
-    let conn = support::connect().await;
     let s = support::settings("slow", false);
-    let slow = Slow::new(Duration::from_millis(30));
     let limits = warren::consumer::Limits {
         prefetch: 20,
         concurrency: 3,
     };
-    let consumer = Consumer::new(s.clone()).on_with(slow.handler(), limits);
-    let topology = consumer.topology();
-    let declared = support::declare(&conn, &s).await;
-    let publisher = Publisher::connect(&s, "tests").await.unwrap();
-    let events: Vec<_> = (0..30).map(support::registered).collect();
-    for r in publisher.publish_batch(&events).await {
-        r.unwrap();
-    }
-    let (token, handle) = start(consumer);
-    support::eventually(Duration::from_secs(20), "30 handled", || count(&slow.seen) >= 30).await;
+    let mut run = SlowRun::start(&s, Duration::from_millis(30), limits, 30).await;
+    let seen = run.slow.seen.clone();
+    support::eventually(Duration::from_secs(20), "30 handled", || count(&seen) >= 30).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop(token, handle).await;
+    run.stop().await;
 
     assert_eq!(
-        slow.most.load(std::sync::atomic::Ordering::SeqCst),
+        run.slow.most.load(std::sync::atomic::Ordering::SeqCst),
         3,
         "as many at once as the concurrency allows, never more"
     );
-    let seen = slow.seen.lock().unwrap().clone();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 30, "each handled once");
-    for e in &events {
+    for e in &run.events {
         assert_eq!(seen.iter().filter(|s| s.0 == e.event_id).count(), 1);
     }
-    let ch = conn.create_channel().await.unwrap();
-    assert_eq!(
-        support::ready(&ch, &topology.work_queue("user.registered")).await,
-        0,
-        "all acked: nothing went back to the queue when the channel closed"
-    );
-    support::cleanup(&conn, &declared).await;
+    run.assert_all_acked("all acked: nothing went back to the queue when the channel closed")
+        .await;
 }
 
 #[tokio::test]
 async fn stopping_waits_for_running_handlers_and_acks_what_they_finish() {
-    let conn = support::connect().await;
     let mut s = support::settings("drain", false);
     s.consumer.shutdown_timeout = Duration::from_secs(10);
-    let slow = Slow::new(Duration::from_millis(800));
     let limits = warren::consumer::Limits {
         prefetch: 10,
         concurrency: 4,
     };
-    let consumer = Consumer::new(s.clone()).on_with(slow.handler(), limits);
-    let topology = consumer.topology();
-    let declared = support::declare(&conn, &s).await;
-    let publisher = Publisher::connect(&s, "tests").await.unwrap();
-    let events: Vec<_> = (0..4).map(support::registered).collect();
-    for r in publisher.publish_batch(&events).await {
-        r.unwrap();
-    }
-    let (token, handle) = start(consumer);
-    let started = || slow.started.load(std::sync::atomic::Ordering::SeqCst);
-    support::eventually(Duration::from_secs(10), "4 started", || started() == 4).await;
-    assert_eq!(count(&slow.seen), 0, "none finished yet");
-    stop(token, handle).await;
+    let mut run = SlowRun::start(&s, Duration::from_millis(800), limits, 4).await;
+    let started = run.slow.started.clone();
+    support::eventually(Duration::from_secs(10), "4 started", || {
+        started.load(std::sync::atomic::Ordering::SeqCst) == 4
+    })
+    .await;
+    assert_eq!(count(&run.slow.seen), 0, "none finished yet");
+    run.stop().await;
 
     assert_eq!(
-        count(&slow.seen),
+        count(&run.slow.seen),
         4,
         "the consumer stopped only after its handlers finished"
     );
-    let ch = conn.create_channel().await.unwrap();
-    assert_eq!(
-        support::ready(&ch, &topology.work_queue("user.registered")).await,
-        0,
-        "what finished during the drain was acked"
-    );
-    support::cleanup(&conn, &declared).await;
+    run.assert_all_acked("what finished during the drain was acked").await;
 }
