@@ -61,7 +61,9 @@ pub struct TopologySettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublisherSettings {
-    /// How long to wait for the broker's confirm (`EVENT_TIMEOUT`).
+    /// How long to wait for the broker's confirm (`EVENT_TIMEOUT`); a publish
+    /// gives up at most a sixteenth of it (250 ms at most) later, since
+    /// publishes that start that close together share one timer.
     #[serde(with = "duration")]
     pub confirm_timeout: Duration,
     /// `source` (and AMQP `app_id`) of events warren builds itself.
