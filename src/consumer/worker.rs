@@ -103,10 +103,7 @@ impl Worker {
         let mut in_tasks = 0usize;
         while !stop.is_cancelled() {
             if in_tasks > 0 {
-                while let Ok(s) = settled_rx.try_recv() {
-                    in_tasks -= 1;
-                    acks.record(s);
-                }
+                in_tasks -= acks.record_waiting(&mut settled_rx);
             }
             if acks.due() {
                 acks.flush().await;
@@ -197,17 +194,13 @@ impl Worker {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
-            while let Ok(s) = settled_rx.try_recv() {
-                acks.record(s);
-            }
+            acks.record_waiting(&mut settled_rx);
             acks.flush().await;
             tokio::select! {
                 biased;
                 Some(s) = settled_rx.recv() => acks.record(s),
                 () = tracker.wait() => {
-                    while let Ok(s) = settled_rx.try_recv() {
-                        acks.record(s);
-                    }
+                    acks.record_waiting(&mut settled_rx);
                     break;
                 }
                 () = &mut deadline => {
@@ -422,6 +415,16 @@ impl Acks {
             Settlement::Elsewhere(tag) => self.book.settled_elsewhere(tag),
             Settlement::Unsettled => {}
         }
+    }
+
+    /// Records the settlements waiting in `rx`; returns how many there were.
+    fn record_waiting(&mut self, rx: &mut mpsc::UnboundedReceiver<Settlement>) -> usize {
+        let mut n = 0;
+        while let Ok(s) = rx.try_recv() {
+            self.record(s);
+            n += 1;
+        }
+        n
     }
 
     /// Enough settled deliveries wait for an ack to send one now.
