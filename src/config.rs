@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::topology::QueueType;
-
 /// Every setting of warren. `Settings::default()` is the built-in layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +53,44 @@ pub struct TopologySettings {
     /// Redeliveries after which a quorum queue dead-letters a message itself
     /// (`x-delivery-limit`): the guard against a consumer that crashes on it.
     pub delivery_limit: u32,
+}
+
+/// Queue type of every queue warren declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated, durable, with delivery limits: the production choice.
+    Quorum,
+    /// RabbitMQ's classic queue.
+    Classic,
+}
+
+impl QueueType {
+    /// The `x-queue-type` argument's value (and the settings' spelling).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [QueueType::Quorum, QueueType::Classic]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown queue type {s:?} (known: quorum, classic)"))
+    }
 }
 
 /// Publishing.

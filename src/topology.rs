@@ -16,29 +16,9 @@ use std::time::Duration;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::Settings;
-
-/// Queue type of every queue warren declares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueType {
-    /// Replicated, durable, with delivery limits: the production choice.
-    Quorum,
-    /// RabbitMQ's classic queue.
-    Classic,
-}
-
-impl QueueType {
-    fn as_str(self) -> &'static str {
-        match self {
-            QueueType::Quorum => "quorum",
-            QueueType::Classic => "classic",
-        }
-    }
-}
+use crate::config::{QueueType, Settings};
 
 /// A queue argument value.
 #[derive(Debug, Clone, PartialEq, Eq)]

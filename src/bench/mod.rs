@@ -37,9 +37,10 @@ use self::arena::Arena;
 use self::figures::Figures;
 use self::load::Limit;
 use self::report::{Report, RunPair};
+use crate::config::QueueType;
 use crate::config::Settings;
 use crate::event::{Event, UserRegistered};
-use crate::topology::{QueueType, Topology};
+use crate::topology::Topology;
 
 /// Options of `warren bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,7 +88,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub runs: u32,
     /// Queue type of the bench queues [default: topology.queue_type].
-    #[arg(long, value_name = "TYPE", value_parser = parse_queue_type)]
+    #[arg(long, value_name = "TYPE")]
     pub queue_type: Option<QueueType>,
 }
 
@@ -95,14 +96,6 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
         _ => Err(format!("invalid rate {s:?}: a positive number of events per second")),
-    }
-}
-
-fn parse_queue_type(s: &str) -> Result<QueueType, String> {
-    match s {
-        "quorum" => Ok(QueueType::Quorum),
-        "classic" => Ok(QueueType::Classic),
-        _ => Err(format!("invalid queue type {s:?}: quorum or classic")),
     }
 }
 
@@ -181,10 +174,7 @@ impl Plan {
         let pace = self
             .rate
             .map_or_else(|| "unpaced".to_owned(), |r| format!("paced at {r}/s"));
-        let queues = match self.queue_type {
-            QueueType::Quorum => "quorum",
-            QueueType::Classic => "classic",
-        };
+        let queues = self.queue_type;
         let source = match &self.ingress {
             Some(url) => format!("HTTP ingress {url} × {INGRESS_CONNECTIONS} connections"),
             None => format!("{} publishers × {} confirms in flight", self.publishers, self.window),

@@ -253,7 +253,7 @@ mod tests {
 
     use super::*;
     use crate::bench::figures::Raw;
-    use crate::topology::QueueType;
+    use crate::config::QueueType;
 
     fn plan() -> Plan {
         Plan {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
-use warren::topology::QueueType;
+use warren::config::QueueType;
 use warren::{Settings, Topology};
 
 /// `AMQP_URL`, or the local broker.
