@@ -1,9 +1,12 @@
-//! Connecting to RabbitMQ: URI handling (and redaction), named connections, heartbeats.
+//! Connecting to RabbitMQ: URI handling (and redaction), named connections,
+//! heartbeats, and the backoff between attempts.
 
 use std::time::Duration;
 
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
+
+use crate::config::AmqpSettings;
 
 /// A connection that could not be made. Its message never contains the password.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,20 @@ pub struct ConnectOptions {
     /// Shown in the management console's connection list.
     pub name: String,
     pub heartbeat: Duration,
+}
+
+impl ConnectOptions {
+    /// The options of one connection of warren's, doing `role` (`publish`,
+    /// `consumer go-backend`, …): the console shows it as
+    /// `<amqp.connection_name> <role>`.
+    #[must_use]
+    pub fn new(amqp: &AmqpSettings, role: &str) -> Self {
+        Self {
+            url: amqp.url.clone(),
+            name: format!("{} {role}", amqp.connection_name),
+            heartbeat: amqp.heartbeat,
+        }
+    }
 }
 
 /// Opens a named connection with heartbeats.
@@ -125,6 +142,35 @@ pub fn vhost_of(url: &str) -> String {
     )
 }
 
+/// Capped exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `base`, doubles, never above `cap`.
+    #[must_use]
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self { base, cap, attempt: 0 }
+    }
+
+    /// The next delay: uniform in `[ceiling/2, ceiling]`.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.base.saturating_mul(1 << self.attempt.min(16)).min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let jitter = f64::from(uuid::Uuid::now_v7().as_u128() as u16) / f64::from(u16::MAX);
+        ceiling.mul_f64(0.5 + jitter / 2.0)
+    }
+
+    /// Back to `base` after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +210,25 @@ mod tests {
         let err = check_url("amqp://u:hunter2@host:notaport/").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(check_url("http://x").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = b.next_delay();
+        assert!(
+            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+            "{first:?}"
+        );
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        let late = b.next_delay();
+        assert!(
+            late >= Duration::from_millis(500) && late <= Duration::from_secs(1),
+            "{late:?}"
+        );
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

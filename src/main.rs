@@ -177,7 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Topology(TopologyCommand::Apply) => {
             let topology = Topology::from_settings(&settings);
-            let conn = warren::amqp::connect(&connect_options(&settings, "topology")).await?;
+            let conn = warren::amqp::connect(&warren::amqp::ConnectOptions::new(&settings.amqp, "topology")).await?;
             let channel = conn.create_channel().await.context("opening a channel")?;
             topology.declare(&channel).await?;
             let _ = conn.close(200, "done".into()).await;
@@ -239,7 +239,7 @@ fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
 /// broker is down.
 async fn ingress(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handle = warren::metrics::install()?;
-    let publisher = Publisher::start(settings, &format!("{} ingress", settings.amqp.connection_name));
+    let publisher = Publisher::start(settings, "ingress");
     let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress);
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
         .await
@@ -290,14 +290,6 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-fn connect_options(settings: &Settings, role: &str) -> warren::amqp::ConnectOptions {
-    warren::amqp::ConnectOptions {
-        url: settings.amqp.url.clone(),
-        name: format!("{} {role}", settings.amqp.connection_name),
-        heartbeat: settings.amqp.heartbeat,
-    }
-}
-
 async fn publish(
     settings: &Settings,
     event_type: String,
@@ -323,7 +315,7 @@ async fn publish(
         &data,
     );
     envelope.check_known()?;
-    let publisher = Publisher::connect(settings, &format!("{} publish", settings.amqp.connection_name)).await?;
+    let publisher = Publisher::connect(settings, "publish").await?;
     publisher.publish_raw(&envelope).await?;
     Ok(envelope.event_id)
 }

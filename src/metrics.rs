@@ -22,10 +22,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::publisher::PublishError;
 
 /// Events published, by `event_type` and `outcome`.
 pub const PUBLISHED_TOTAL: &str = "warren_published_total";
@@ -155,33 +153,6 @@ fn describe() {
     );
 }
 
-/// The `outcome` label of [`PUBLISHED_TOTAL`] for a publish result.
-#[must_use]
-pub fn publish_outcome(result: &Result<(), PublishError>) -> &'static str {
-    match result {
-        Ok(()) => "confirmed",
-        Err(PublishError::Unroutable { .. }) => "unroutable",
-        Err(PublishError::Nacked { .. }) => "nacked",
-        Err(PublishError::Timeout(_)) => "timeout",
-        Err(PublishError::ConnectionLost(_)) => "connection_lost",
-        Err(PublishError::Setup(_) | PublishError::Serialize(_)) => "error",
-    }
-}
-
-/// Records one publish: [`PUBLISHED_TOTAL`] and [`PUBLISH_DURATION_SECONDS`].
-///
-/// `event_type` must come from a known type (it is a label: unbounded values
-/// would explode the series count).
-pub fn record_publish(event_type: &str, result: &Result<(), PublishError>, elapsed: Duration) {
-    counter!(
-        PUBLISHED_TOTAL,
-        "event_type" => event_type.to_owned(),
-        "outcome" => publish_outcome(result),
-    )
-    .increment(1);
-    histogram!(PUBLISH_DURATION_SECONDS, "event_type" => event_type.to_owned()).record(elapsed.as_secs_f64());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,13 +161,7 @@ mod tests {
     fn install_twice_returns_a_working_handle() {
         let a = install().expect("first install");
         let b = install().expect("second install is not an error");
-        record_publish(
-            "user.registered",
-            &Err(PublishError::Nacked {
-                routing_key: "user.registered".into(),
-            }),
-            Duration::from_millis(3),
-        );
+        metrics::counter!(PUBLISHED_TOTAL, "event_type" => "user.registered", "outcome" => "nacked").increment(1);
         let text = b.render();
         assert!(
             text.contains(r#"warren_published_total{event_type="user.registered",outcome="nacked"}"#),
@@ -204,32 +169,8 @@ mod tests {
         );
         assert!(text.contains("# HELP warren_published_total"), "{text}");
         assert!(
-            text.contains(r#"warren_publish_duration_seconds_bucket{event_type="user.registered",le="0.005"}"#),
-            "histograms have latency buckets:\n{text}"
-        );
-        assert!(
             a.render().contains("warren_published_total"),
             "both handles render the one global registry"
-        );
-    }
-
-    #[test]
-    fn outcomes_match_the_documented_labels() {
-        assert_eq!(publish_outcome(&Ok(())), "confirmed");
-        assert_eq!(
-            publish_outcome(&Err(PublishError::Timeout(Duration::from_secs(1)))),
-            "timeout"
-        );
-        assert_eq!(
-            publish_outcome(&Err(PublishError::ConnectionLost("x".into()))),
-            "connection_lost"
-        );
-        assert_eq!(
-            publish_outcome(&Err(PublishError::Unroutable {
-                exchange: "x".into(),
-                routing_key: "y".into()
-            })),
-            "unroutable"
         );
     }
 }

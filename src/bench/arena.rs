@@ -57,11 +57,7 @@ impl Arena {
     ///
     /// [`BenchError::Broker`] when the broker is unreachable.
     pub async fn connect(&self, role: &str) -> Result<Connection, BenchError> {
-        let opts = ConnectOptions {
-            url: self.settings.amqp.url.clone(),
-            name: format!("{} bench {role}", self.settings.amqp.connection_name),
-            heartbeat: self.settings.amqp.heartbeat,
-        };
+        let opts = ConnectOptions::new(&self.settings.amqp, &format!("bench {role}"));
         amqp::connect(&opts)
             .await
             .map_err(|e| BenchError::Broker(e.to_string()))

@@ -14,7 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{Channel, Confirmation, Connection};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +26,7 @@ use super::progress::Progress;
 use super::{BenchError, Plan};
 use crate::amqp::describe;
 use crate::event::{Envelope, Event, UserRegistered};
+use crate::publisher::event_properties;
 
 /// One baseline run on `arena`'s queues.
 ///
@@ -104,18 +105,8 @@ async fn open_publisher(arena: &Arena) -> Result<(Connection, Channel), BenchErr
 
 async fn publish(channel: &Channel, exchange: &ShortString, event: &Envelope<UserRegistered>) -> Result<(), String> {
     let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
-    let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_message_id(ShortString::from(
-            &*event
-                .event_id
-                .hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer()),
-        ))
-        .with_type(event.event_type.as_str().into())
-        .with_timestamp(u64::try_from(event.timestamp.timestamp()).unwrap_or(0))
-        .with_app_id(event.source.as_str().into());
+    // The publisher's own wire properties: the baseline carries what warren carries.
+    let properties = event_properties(event.event_id, &event.event_type, event.timestamp, &event.source, None);
     let options = BasicPublishOptions {
         mandatory: true,
         immediate: false,

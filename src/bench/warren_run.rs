@@ -61,9 +61,8 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
             measurement
         }
         None => {
-            let name = format!("{} bench publisher", arena.settings.amqp.connection_name);
             let publisher = within("connecting the publisher", async {
-                Ok(Publisher::connect(&arena.settings, &name).await?)
+                Ok(Publisher::connect(&arena.settings, "bench publisher").await?)
             })
             .await?;
             let measurement = Measurement::begin(recorder.clone());

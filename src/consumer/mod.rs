@@ -47,7 +47,7 @@ pub use policy::{DeadReason, Decision, RetryPolicy};
 pub use route::{Outcome, Route, Typed, panic_message, route_for};
 pub use worker::{Limits, WorkerLost};
 
-use crate::amqp::{self, ConnectOptions};
+use crate::amqp::{self, Backoff, ConnectOptions};
 use crate::config::Settings;
 use crate::event::Event;
 use crate::publisher::Publisher;
@@ -170,11 +170,7 @@ impl Consumer {
 
     async fn session(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), SessionError> {
         let s = &self.settings;
-        let opts = ConnectOptions {
-            url: s.amqp.url.clone(),
-            name: format!("{} consumer {}", s.amqp.connection_name, s.consumer.service),
-            heartbeat: s.amqp.heartbeat,
-        };
+        let opts = ConnectOptions::new(&s.amqp, &format!("consumer {}", s.consumer.service));
         let conn = Arc::new(amqp::connect(&opts).await.map_err(SessionError::setup)?);
         let setup = conn
             .create_channel()
@@ -257,59 +253,5 @@ impl SessionError {
             reason: reason.to_string(),
             connected: false,
         }
-    }
-}
-
-/// Capped exponential backoff with full jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Starts at `base`, doubles, never above `cap`.
-    #[must_use]
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Self { base, cap, attempt: 0 }
-    }
-
-    /// The next delay: uniform in `[ceiling/2, ceiling]`.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.base.saturating_mul(1 << self.attempt.min(16)).min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let jitter = f64::from(uuid::Uuid::now_v7().as_u128() as u16) / f64::from(u16::MAX);
-        ceiling.mul_f64(0.5 + jitter / 2.0)
-    }
-
-    /// Back to `base` after a success.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = b.next_delay();
-        assert!(
-            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
-            "{first:?}"
-        );
-        for _ in 0..10 {
-            b.next_delay();
-        }
-        let late = b.next_delay();
-        assert!(
-            late >= Duration::from_millis(500) && late <= Duration::from_secs(1),
-            "{late:?}"
-        );
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -15,7 +15,7 @@
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let settings = Settings::default();
-//! let publisher = Publisher::connect(&settings, "warren-ingress").await?;
+//! let publisher = Publisher::connect(&settings, "ingress").await?;
 //! let state = AppState::new(Arc::new(publisher), &settings.ingress)
 //!     .with_metrics(warren::metrics::install()?);
 //! let listener = tokio::net::TcpListener::bind(settings.ingress.listen).await?;

@@ -1,0 +1,129 @@
+//! Connection supervision: the publisher's one live link (connection plus
+//! confirm channel), watched, and replaced with backoff when it dies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::error::{PublishError, setup_err};
+use crate::amqp::{self, Backoff, ConnectOptions};
+use crate::config::Settings;
+use crate::topology::Topology;
+
+/// One live connection and its confirm channel.
+pub(super) struct Link {
+    pub(super) channel: Channel,
+    pub(super) connection: Arc<Connection>,
+}
+
+/// Where the supervisor connects, and what it declares there.
+pub(super) struct Target {
+    opts: ConnectOptions,
+    topology: Topology,
+}
+
+impl Target {
+    pub(super) fn new(settings: &Settings, role: &str) -> Self {
+        Self {
+            opts: ConnectOptions::new(&settings.amqp, role),
+            topology: Topology::from_settings(settings),
+        }
+    }
+
+    pub(super) async fn open(&self) -> Result<Arc<Link>, PublishError> {
+        let conn = Arc::new(
+            amqp::connect(&self.opts)
+                .await
+                .map_err(|e| PublishError::Setup(e.to_string()))?,
+        );
+        let setup = conn.create_channel().await.map_err(setup_err)?;
+        self.topology
+            .declare_exchange(&setup)
+            .await
+            .map_err(|e| PublishError::Setup(e.to_string()))?;
+        let _ = setup.close(200, "declared".into()).await;
+        let channel = conn.create_channel().await.map_err(setup_err)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(setup_err)?;
+        Ok(Arc::new(Link {
+            channel,
+            connection: conn,
+        }))
+    }
+}
+
+/// Watches the live link; when it dies, clears it (publishes wait) and
+/// reconnects with backoff.
+pub(super) async fn supervise(
+    target: Target,
+    mut link: Option<Arc<Link>>,
+    tx: watch::Sender<Option<Arc<Link>>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        if let Some(live) = &link {
+            metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "publisher").set(1.0);
+            let cause = tokio::select! {
+                () = stop.cancelled() => return,
+                cause = watch_link(live) => cause,
+            };
+            let _ = tx.send(None);
+            tracing::warn!(%cause, "publisher lost its connection to RabbitMQ; reconnecting");
+        }
+        metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "publisher").set(0.0);
+        link = loop {
+            match target.open().await {
+                Ok(new) => {
+                    let _ = tx.send(Some(new.clone()));
+                    backoff.reset();
+                    tracing::info!("publisher connected to RabbitMQ");
+                    break Some(new);
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "publisher cannot connect yet");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        };
+    }
+}
+
+/// Resolves when the link is dead; logs flow control on the way.
+async fn watch_link(link: &Link) -> String {
+    let mut events = link.connection.events_listener();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    metrics::gauge!(crate::metrics::BROKER_BLOCKED).set(1.0);
+                    tracing::warn!(%reason, "RabbitMQ blocked publishing (resource alarm): publishes wait up to their timeout");
+                }
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    metrics::gauge!(crate::metrics::BROKER_BLOCKED).set(0.0);
+                    tracing::info!("RabbitMQ unblocked publishing");
+                }
+                Some(lapin::Event::Error(e)) => return amqp::describe(&e),
+                Some(_) => {}
+                None => return "connection dropped".into(),
+            },
+            _ = tick.tick() => {
+                if !link.channel.status().connected() {
+                    return "channel closed".into();
+                }
+            }
+        }
+    }
+}
