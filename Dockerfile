@@ -8,16 +8,12 @@
 # ---- build ------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
 WORKDIR /src
-# A smaller binary; set for both builds below so the dependency layer's
-# artifacts stay valid for the second one.
-ENV CARGO_PROFILE_RELEASE_STRIP=symbols
-
 # Dependencies first, in their own layer: build them against placeholder
 # sources, so editing src/ does not rebuild every crate. The layer changes
 # only with Cargo.toml or Cargo.lock.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
-    && echo 'fn main() {}' > src/main.rs \
+RUN mkdir -p src/bin/warren \
+    && echo 'fn main() {}' > src/bin/warren/main.rs \
     && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
@@ -25,7 +21,7 @@ RUN mkdir src \
 # Then warren itself. `touch` makes cargo see the real sources as newer than
 # the placeholders it just built, whatever mtimes COPY gave them.
 COPY src ./src
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/bin/warren/main.rs src/lib.rs \
     && cargo build --release --locked --bin warren
 
 # ---- run --------------------------------------------------------------------

@@ -300,6 +300,12 @@ impl Settings {
                         message: "not found".into(),
                     });
                 }
+                if path.extension().is_none_or(|e| e != "toml") {
+                    return Err(ConfigError::File {
+                        path: path.display().to_string(),
+                        message: "settings files are TOML: name it *.toml".into(),
+                    });
+                }
                 builder = builder.add_source(config::File::from(path.as_path()).required(true));
             }
             None => {
@@ -666,6 +672,22 @@ mod tests {
             env: vec![],
         });
         assert!(missing.unwrap_err().to_string().contains("/nonexistent/w.toml"));
+    }
+
+    #[test]
+    fn a_settings_file_that_is_not_toml_is_refused() {
+        let dir = std::env::temp_dir().join(format!("warren-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let yaml = dir.join("warren.yaml");
+        std::fs::write(&yaml, "consumer:\n  prefetch: 10\n").unwrap();
+        let err = Settings::load(&Sources {
+            file: Some(yaml),
+            dir,
+            env: vec![],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("warren.yaml") && err.contains("TOML"), "{err}");
     }
 
     #[test]

@@ -16,17 +16,29 @@
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
-//! - [`bench`](mod@bench): `warren bench`, an end-to-end load run, optionally against a bare-lapin baseline.
+//!
+//! The `warren` command (its subcommands, the `bench` load generator and the
+//! allocator) lives with the binary, in `src/bin/warren/`.
+//!
+//! # Features
+//!
+//! - `cli` (default): the `warren` binary; implies `http` and `webhook`.
+//! - `http`: the [`http`] module (axum).
+//! - `webhook`: the [`webhook`] module (reqwest, rustls).
+//!
+//! A service that only publishes or consumes depends on warren with
+//! `default-features = false` and gets neither clap, nor an HTTP stack.
 
 pub mod amqp;
-pub mod bench;
 pub mod config;
 pub mod consumer;
 pub mod event;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod metrics;
 pub mod publisher;
 pub mod topology;
+#[cfg(feature = "webhook")]
 pub mod webhook;
 
 pub use config::Settings;

@@ -1,4 +1,9 @@
-//! The `warren` command: publish events, manage the topology, run the services.
+//! The `warren` command: publish events, manage the topology, run the
+//! services, and `bench`, the load generator. It lives beside the library so
+//! that services using warren as a library compile neither clap, nor the
+//! bench's HTTP client, nor the allocator chosen here.
+
+mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,7 +88,7 @@ enum Command {
     },
     /// Load-test publish → broker → handler on throwaway queues; with
     /// --baseline, against a bare-lapin loop doing the same work.
-    Bench(warren::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -214,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serving?;
             consumed?;
         }
-        Command::Bench(args) => warren::bench::run(&settings, &args, shutdown_on_signal()).await?,
+        Command::Bench(args) => bench::run(&settings, &args, shutdown_on_signal()).await?,
     }
     Ok(())
 }

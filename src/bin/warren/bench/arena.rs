@@ -10,10 +10,10 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
 use super::BenchError;
-use crate::amqp::{self, ConnectOptions};
-use crate::config::Settings;
-use crate::event::{Event, UserRegistered};
-use crate::topology::Topology;
+use warren::amqp::{self, ConnectOptions};
+use warren::config::Settings;
+use warren::event::{Event, UserRegistered};
+use warren::topology::Topology;
 
 /// One run's settings and topology.
 #[derive(Debug, Clone)]

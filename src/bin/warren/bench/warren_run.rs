@@ -12,9 +12,9 @@ use super::figures::Raw;
 use super::load::{Payload, Quota, Recorder};
 use super::progress::Progress;
 use super::{BenchError, INGRESS_CONNECTIONS, Plan, ingress};
-use crate::consumer::{Consumer, Context, HandlerError, Limits};
-use crate::event::{Envelope, UserRegistered};
-use crate::publisher::Publisher;
+use warren::consumer::{Consumer, Context, HandlerError, Limits};
+use warren::event::{Envelope, UserRegistered};
+use warren::publisher::Publisher;
 
 /// One warren run on `arena`'s queues.
 ///

@@ -3,9 +3,9 @@
 //! Each run publishes `user.registered` events to its own uniquely named
 //! exchange and queues (deleted afterwards) and consumes them with a typed
 //! handler that records the publish→handler latency from a timestamp inside
-//! the event. The **warren** run publishes with [`Publisher`](crate::Publisher)
+//! the event. The **warren** run publishes with [`Publisher`](warren::Publisher)
 //! (or through an HTTP ingress) and consumes with
-//! [`Consumer`](crate::consumer::Consumer); the **baseline** run does the same
+//! [`Consumer`](warren::consumer::Consumer); the **baseline** run does the same
 //! work in a tight bare-lapin loop, so warren's figures can be read as ratios
 //! of it. With `--runs K` the two alternate (warren first in odd runs,
 //! baseline first in even ones) and the report gives medians with min–max.
@@ -37,10 +37,10 @@ use self::arena::Arena;
 use self::figures::Figures;
 use self::load::Limit;
 use self::report::{Report, RunPair};
-use crate::config::QueueType;
-use crate::config::Settings;
-use crate::event::{Event, UserRegistered};
-use crate::topology::Topology;
+use warren::config::QueueType;
+use warren::config::Settings;
+use warren::event::{Event, UserRegistered};
+use warren::topology::Topology;
 
 /// Options of `warren bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     pub events: Option<u64>,
     /// Publish for this long instead of a fixed count (500ms, 20s, 2m).
-    #[arg(long, value_name = "TIME", value_parser = crate::config::duration::parse)]
+    #[arg(long, value_name = "TIME", value_parser = warren::config::duration::parse)]
     pub duration: Option<Duration>,
     /// Size of each event's JSON body in bytes (the username is padded; the
     /// smallest envelope is about 285 bytes).
@@ -192,9 +192,9 @@ pub enum BenchError {
     #[error("broker: {0}")]
     Broker(String),
     #[error(transparent)]
-    Topology(#[from] crate::topology::TopologyError),
+    Topology(#[from] warren::topology::TopologyError),
     #[error(transparent)]
-    Publisher(#[from] crate::publisher::PublishError),
+    Publisher(#[from] warren::publisher::PublishError),
     #[error("{failed} publishes failed (first: {first}): the run is void")]
     PublishFailed { failed: u64, first: String },
     #[error("the consumer stopped during the run: {0}")]

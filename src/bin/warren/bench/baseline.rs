@@ -24,9 +24,9 @@ use super::figures::Raw;
 use super::load::{Payload, Quota, Recorder};
 use super::progress::Progress;
 use super::{BenchError, Plan};
-use crate::amqp::describe;
-use crate::event::{Envelope, Event, UserRegistered};
-use crate::publisher::event_properties;
+use warren::amqp::describe;
+use warren::event::{Envelope, Event, UserRegistered};
+use warren::publisher::event_properties;
 
 /// One baseline run on `arena`'s queues.
 ///

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::BenchError;
-use crate::event::{Envelope, UserRegistered};
+use warren::event::{Envelope, UserRegistered};
 
 /// How long connecting to the ingress may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,7 +150,7 @@ impl Connection {
             let text = String::from_utf8_lossy(&body);
             Err(failed(&format!(
                 "answered {status}: {}",
-                crate::event::truncate(&text, 200)
+                warren::event::truncate(&text, 200)
             )))
         }
     }

@@ -253,7 +253,7 @@ mod tests {
 
     use super::*;
     use crate::bench::figures::Raw;
-    use crate::config::QueueType;
+    use warren::config::QueueType;
 
     fn plan() -> Plan {
         Plan {

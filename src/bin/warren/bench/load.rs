@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Envelope, UserRegistered};
+use warren::event::{Envelope, UserRegistered};
 
 /// Hex digits of the send timestamp at the start of `data.username`.
 const STAMP_DIGITS: usize = 16;
