@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::config::AmqpSettings;
+use crate::uri;
+pub use crate::uri::{check_url, redact_url, vhost_of};
 
 /// A connection that could not be made. Its message never contains the password.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,10 @@ impl ConnectOptions {
 ///
 /// [`ConnectError`] with the URL redacted.
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> {
-    let mut uri = parse_url(&opts.url)?;
+    let mut uri = uri::parse(&opts.url).map_err(|reason| ConnectError::InvalidUrl {
+        url: redact_url(&opts.url),
+        reason,
+    })?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(u16::try_from(opts.heartbeat.as_secs()).unwrap_or(u16::MAX));
     }
@@ -70,76 +74,6 @@ pub fn describe(e: &lapin::Error) -> String {
         lapin::ErrorKind::ProtocolError(amqp) => amqp.to_string(),
         _ => e.to_string(),
     }
-}
-
-fn parse_url(url: &str) -> Result<AMQPUri, ConnectError> {
-    let invalid = |reason: String| ConnectError::InvalidUrl {
-        url: redact_url(url),
-        reason,
-    };
-    let mut uri: AMQPUri = url.parse().map_err(invalid)?;
-    // amq-protocol-uri only takes DNS names as host and falls back to
-    // "localhost" for an IP literal: take the host from the URL ourselves.
-    if let Some(host) = host_of(url) {
-        uri.authority.host = host;
-    }
-    Ok(uri)
-}
-
-fn host_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = hostport.strip_prefix('[') {
-        v6.split(']').next()?
-    } else {
-        hostport.split(':').next()?
-    };
-    (!host.is_empty()).then(|| host.to_owned())
-}
-
-/// Checks that `url` is a usable AMQP URI.
-///
-/// # Errors
-///
-/// What is wrong with it, without the password.
-pub fn check_url(url: &str) -> Result<(), String> {
-    parse_url(url).map(|_| ()).map_err(|e| match e {
-        ConnectError::InvalidUrl { reason, .. } | ConnectError::Unreachable { reason, .. } => reason,
-    })
-}
-
-/// The URL with its password replaced by `***`, safe to log or print.
-#[must_use]
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{masked}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-/// The virtual host a URL names (`/` for `%2f` or none).
-#[must_use]
-pub fn vhost_of(url: &str) -> String {
-    url.parse::<AMQPUri>().map_or_else(
-        |_| "/".to_owned(),
-        |u| {
-            if u.vhost.is_empty() { "/".to_owned() } else { u.vhost }
-        },
-    )
 }
 
 /// Capped exponential backoff with full jitter.
@@ -174,43 +108,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redaction_hides_only_the_password() {
-        assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("amqps://u:p%40ss@h/v?heartbeat=5"),
-            "amqps://u:***@h/v?heartbeat=5"
-        );
-        assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
-        assert_eq!(redact_url("amqp://user@h"), "amqp://user@h");
-    }
-
-    #[test]
-    fn ip_hosts_are_kept() {
-        assert_eq!(
-            parse_url("amqp://a:b@10.1.2.3:5673/%2f").unwrap().authority.host,
-            "10.1.2.3"
-        );
-        assert_eq!(parse_url("amqp://[::1]:5672").unwrap().authority.host, "::1");
-        assert_eq!(parse_url("amqp://rabbit/v").unwrap().authority.host, "rabbit");
-    }
-
-    #[test]
-    fn vhosts() {
-        assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672/%2f"), "/");
-        assert_eq!(vhost_of("amqp://h/prod"), "prod");
-    }
-
-    #[test]
-    fn invalid_url_error_has_no_password() {
-        let err = check_url("amqp://u:hunter2@host:notaport/").unwrap_err();
-        assert!(!err.contains("hunter2"), "{err}");
-        assert!(check_url("http://x").is_err());
-    }
 
     #[test]
     fn backoff_grows_to_its_cap() {

@@ -363,7 +363,7 @@ impl Settings {
         if self.consumer.retry.tiers().iter().any(Duration::is_zero) {
             return Err(ConfigError::Invalid("consumer.retry.delays must be above zero".into()));
         }
-        crate::amqp::check_url(&self.amqp.url).map_err(|e| ConfigError::Invalid(format!("amqp.url: {e}")))?;
+        crate::uri::check_url(&self.amqp.url).map_err(|e| ConfigError::Invalid(format!("amqp.url: {e}")))?;
         Ok(())
     }
 
@@ -371,9 +371,9 @@ impl Settings {
     #[must_use]
     pub fn redacted_toml(&self) -> String {
         let mut s = self.clone();
-        s.amqp.url = crate::amqp::redact_url(&s.amqp.url);
+        s.amqp.url = crate::uri::redact_url(&s.amqp.url);
         if let Some(u) = &s.webhook.url {
-            s.webhook.url = Some(crate::amqp::redact_url(u));
+            s.webhook.url = Some(crate::uri::redact_url(u));
         }
         for secret in [&mut s.ingress.token, &mut s.webhook.secret] {
             if secret.is_some() {

@@ -10,12 +10,17 @@
 //! - [`event`]: the wire contract: [`Envelope`], the [`Event`] trait, the known types.
 //! - [`config`]: layered [`Settings`] (defaults < `warren.toml` < `.env` < environment).
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
-//! - [`amqp`]: connecting (named connections, heartbeats, URL redaction).
+//! - [`uri`]: AMQP URIs: parsing, checking, the vhost, password redaction.
+//! - [`amqp`]: connecting (named connections, heartbeats), the reconnect backoff.
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
+//!
+//! Modules import "down" only: `event`, `uri`, `metrics` < `config` <
+//! `topology` < `amqp` < `publisher` < `consumer`, `http` < `webhook`
+//! (tests/module_graph.rs keeps it so).
 //!
 //! The `warren` command (its subcommands, the `bench` load generator and the
 //! allocator) lives with the binary, in `src/bin/warren/`.
@@ -38,6 +43,7 @@ pub mod http;
 pub mod metrics;
 pub mod publisher;
 pub mod topology;
+pub mod uri;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 

@@ -94,7 +94,7 @@ impl Topology {
             queue_type: s.topology.queue_type,
             retry_delays: s.consumer.retry.tiers(),
             delivery_limit: s.topology.delivery_limit,
-            vhost: crate::amqp::vhost_of(&s.amqp.url),
+            vhost: crate::uri::vhost_of(&s.amqp.url),
         }
     }
 

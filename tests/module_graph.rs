@@ -1,0 +1,108 @@
+//! The library's modules import "down" only: each may use modules of lower
+//! layers, never its own layer or a higher one, so the graph has no cycle.
+//! The graph is read from the sources' `crate::<module>` paths.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Lowest layer first. A new module goes in the layer under everything that uses it.
+const LAYERS: &[&[&str]] = &[
+    &["event", "uri", "metrics"],
+    &["config"],
+    &["topology"],
+    &["amqp"],
+    &["publisher"],
+    &["consumer", "http"],
+    &["webhook"],
+];
+
+/// Macros exported at the crate root, by the module that defines them.
+const MACROS: &[(&str, &str)] = &[("for_each_event_type", "event")];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+/// Every `crate::<name>` named in code (comments left out) under `path`.
+fn crate_paths(path: &Path, found: &mut BTreeSet<String>) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).expect("reading src/") {
+            crate_paths(&entry.expect("dir entry").path(), found);
+        }
+        return;
+    }
+    if path.extension().is_none_or(|e| e != "rs") {
+        return;
+    }
+    let text = std::fs::read_to_string(path).expect("reading a source file");
+    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        for (i, _) in line.match_indices("crate::") {
+            let name: String = line[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            found.insert(name);
+        }
+    }
+}
+
+/// module -> the modules it uses.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph = BTreeMap::new();
+    for entry in std::fs::read_dir(&src).expect("reading src/") {
+        let path = entry.expect("dir entry").path();
+        let Some(module) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        if module == "lib" || module == "bin" {
+            continue;
+        }
+        let mut names = BTreeSet::new();
+        crate_paths(&path, &mut names);
+        let uses = names
+            .into_iter()
+            .map(|n| {
+                MACROS
+                    .iter()
+                    .find(|(m, _)| *m == n)
+                    .map_or(n, |(_, owner)| (*owner).to_owned())
+            })
+            .filter(|n| *n != module && layer_of(n).is_some())
+            .collect();
+        graph.insert(module, uses);
+    }
+    graph
+}
+
+#[test]
+fn modules_import_down_only() {
+    let graph = graph();
+    assert!(
+        graph.contains_key("publisher") && graph["publisher"].contains("amqp"),
+        "{graph:#?}"
+    );
+    for (module, uses) in &graph {
+        let Some(layer) = layer_of(module) else {
+            panic!("src/{module} is in no layer: add it to LAYERS in tests/module_graph.rs");
+        };
+        for used in uses {
+            let used_layer = layer_of(used).expect("filtered to known modules");
+            assert!(
+                used_layer < layer,
+                "{module} (layer {layer}) uses {used} (layer {used_layer}): modules import down only\n{graph:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_layer_names_a_module_that_exists() {
+    let graph = graph();
+    for module in LAYERS.iter().flat_map(|l| l.iter()) {
+        assert!(
+            graph.contains_key(*module),
+            "LAYERS names {module}, which src/ does not have"
+        );
+    }
+}
