@@ -14,7 +14,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(url) = std::env::var("AMQP_URL") {
         settings.amqp.url = url;
     }
-    let publisher = Publisher::connect(&settings, "example-publisher").await?;
+    let publisher = Publisher::connect(&settings, "example publisher").await?;
 
     let registered = Envelope::new(
         "example",
