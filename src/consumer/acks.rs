@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 /// A frame to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckFrame {
+pub(crate) enum AckFrame {
     /// `basic.ack(tag, multiple)`.
     Ack { tag: u64, multiple: bool },
 }
@@ -30,7 +30,7 @@ enum Slot {
 /// Tags on a channel are dense (1, 2, 3, …), so the book is a window of
 /// slots starting just above `floor`.
 #[derive(Debug, Default)]
-pub struct AckBook {
+pub(crate) struct AckBook {
     /// Every tag ≤ this is acked on the wire (or settled otherwise).
     floor: u64,
     /// Slot of tag `floor + 1 + i` at index `i`.
@@ -49,7 +49,7 @@ impl AckBook {
     }
 
     /// Records that `tag` is settled and wants an ack.
-    pub fn settle(&mut self, tag: u64) {
+    pub(crate) fn settle(&mut self, tag: u64) {
         if let Some(slot) = self.slot(tag)
             && *slot == Slot::Open
         {
@@ -59,7 +59,7 @@ impl AckBook {
     }
 
     /// Records that `tag` was settled on the wire already (a single nack).
-    pub fn settled_elsewhere(&mut self, tag: u64) {
+    pub(crate) fn settled_elsewhere(&mut self, tag: u64) {
         let was_pending = self
             .slot(tag)
             .is_some_and(|slot| std::mem::replace(slot, Slot::Done) == Slot::Pending);
@@ -70,13 +70,13 @@ impl AckBook {
 
     /// Settled tags not yet acked.
     #[must_use]
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending
     }
 
     /// The frames that ack every pending tag it is safe to ack now. When more
     /// than `single_after` tags wait behind an unsettled one, they are acked singly.
-    pub fn flush(&mut self, single_after: usize) -> Vec<AckFrame> {
+    pub(crate) fn flush(&mut self, single_after: usize) -> Vec<AckFrame> {
         let mut frames = Vec::new();
         let mut highest_pending = None;
         while let Some(&front) = self.slots.front() {

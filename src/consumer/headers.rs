@@ -63,7 +63,7 @@ fn get_str<'a>(h: Option<&'a FieldTable>, key: &str) -> Option<&'a [u8]> {
 
 /// Where a failed delivery came from, kept across retries.
 #[derive(Debug, Clone)]
-pub struct Origin<'a> {
+pub(crate) struct Origin<'a> {
     pub exchange: &'a str,
     pub routing_key: &'a str,
     pub queue: &'a str,
@@ -71,8 +71,7 @@ pub struct Origin<'a> {
 
 /// Properties for republishing a failed delivery: the original properties,
 /// the broker's `x-death` bookkeeping dropped, warren's headers set.
-#[must_use]
-pub fn republish_properties(
+pub(crate) fn republish_properties(
     original: &BasicProperties,
     origin: &Origin<'_>,
     next_attempt: u32,

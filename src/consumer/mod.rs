@@ -41,11 +41,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use acks::{AckBook, AckFrame};
-pub use handler::{AnyEventHandler, Context, ForAll, Handler, HandlerError, LogHandler};
-pub use policy::{DeadReason, Decision, RetryPolicy};
-pub use route::{Outcome, Route, Typed, panic_message, route_for};
-pub use worker::{Limits, WorkerLost};
+pub use handler::{AnyEventHandler, Context, Handler, HandlerError, LogHandler};
+pub use worker::Limits;
+
+use policy::RetryPolicy;
+use route::{Route, Typed, route_for};
+use worker::WorkerLost;
 
 use crate::amqp::{self, Backoff, ConnectOptions};
 use crate::config::Settings;
@@ -83,40 +84,38 @@ impl Consumer {
     /// Handles event type `E` with the default prefetch and concurrency.
     #[must_use]
     pub fn on<E: Event>(self, handler: impl Handler<E>) -> Self {
-        let limits = Limits {
-            prefetch: self.settings.consumer.prefetch,
-            concurrency: self.settings.consumer.concurrency,
-        };
+        let limits = self.default_limits();
         self.on_with(handler, limits)
     }
 
     /// Handles event type `E` with its own prefetch and concurrency. A second
     /// handler for the same type replaces the first.
     #[must_use]
-    pub fn on_with<E: Event>(mut self, handler: impl Handler<E>, limits: Limits) -> Self {
-        self.routes.retain(|(r, _)| r.event_type() != E::TYPE);
-        self.routes.push((Arc::new(Typed::<E, _>::new(handler)), limits));
-        self
+    pub fn on_with<E: Event>(self, handler: impl Handler<E>, limits: Limits) -> Self {
+        self.with_route(Arc::new(Typed::<E, _>::new(handler)), limits)
     }
 
     /// Handles every type in `consumer.event_types` with one handler.
     #[must_use]
     pub fn on_all<H: AnyEventHandler>(mut self, handler: H) -> Self {
-        let limits = Limits {
-            prefetch: self.settings.consumer.prefetch,
-            concurrency: self.settings.consumer.concurrency,
-        };
+        let limits = self.default_limits();
         for name in self.settings.consumer.event_types.clone() {
             if let Some(route) = route_for(&name, handler.clone()) {
-                self = self.on_route(route, limits);
+                self = self.with_route(route, limits);
             }
         }
         self
     }
 
-    /// Handles a type known only at run time (used by the CLI's built-in handlers).
-    #[must_use]
-    pub fn on_route(mut self, route: Arc<dyn Route>, limits: Limits) -> Self {
+    fn default_limits(&self) -> Limits {
+        Limits {
+            prefetch: self.settings.consumer.prefetch,
+            concurrency: self.settings.consumer.concurrency,
+        }
+    }
+
+    /// Adds `route`, replacing any earlier one for its type.
+    fn with_route(mut self, route: Arc<dyn Route>, limits: Limits) -> Self {
         self.routes.retain(|(r, _)| r.event_type() != route.event_type());
         self.routes.push((route, limits));
         self

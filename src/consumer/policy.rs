@@ -5,7 +5,7 @@ use super::handler::HandlerError;
 
 /// Why a message was parked in its `.dead` queue (the `x-warren-reason` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadReason {
+pub(crate) enum DeadReason {
     /// Every retry tier was used.
     Exhausted,
     /// The handler said it can never succeed.
@@ -20,8 +20,7 @@ pub enum DeadReason {
 
 impl DeadReason {
     /// The header value.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeadReason::Exhausted => "exhausted",
             DeadReason::Permanent => "permanent",
@@ -34,7 +33,7 @@ impl DeadReason {
 
 /// What happens to a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Done: ack it.
     Ack,
     /// Republish to retry tier `tier` (0-based), then ack.
@@ -45,15 +44,14 @@ pub enum Decision {
 
 /// Retries through `tiers` delay queues, then dead-letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Number of retry tiers (= retries after the first attempt).
     pub tiers: usize,
 }
 
 impl RetryPolicy {
     /// The decision for `outcome` of attempt `attempt` (1 = first delivery).
-    #[must_use]
-    pub fn decide(&self, outcome: &Result<(), HandlerError>, attempt: u32) -> Decision {
+    pub(crate) fn decide(&self, outcome: &Result<(), HandlerError>, attempt: u32) -> Decision {
         match outcome {
             Ok(()) => Decision::Ack,
             Err(HandlerError::Permanent(_)) => Decision::DeadLetter(DeadReason::Permanent),

@@ -36,7 +36,7 @@ pub struct Limits {
 /// Why a queue worker stopped without being asked to.
 #[derive(Debug, thiserror::Error)]
 #[error("queue {queue}: {reason}")]
-pub struct WorkerLost {
+pub(crate) struct WorkerLost {
     pub queue: String,
     pub reason: String,
 }
