@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::{Semaphore, mpsc};
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-use super::acks::{AckBook, AckFrame};
+use super::acks::{Acks, Settlement};
 use super::handler::Context;
 use super::headers::{self, Origin};
 use super::policy::{Decision, RetryPolicy};
@@ -371,93 +371,5 @@ impl Shared {
         }
         .increment(1);
         Settlement::Ack(tag)
-    }
-}
-
-/// How a delivery left the handler path: what its channel still owes the broker.
-enum Settlement {
-    /// Settled by warren: wants an ack.
-    Ack(u64),
-    /// Nacked (requeued) on the wire already.
-    Elsewhere(u64),
-    /// Neither: the channel died first, and the broker redelivers it.
-    Unsettled,
-}
-
-/// A channel's [`AckBook`] and the frames it sends, owned by the worker loop.
-struct Acks {
-    book: AckBook,
-    channel: Channel,
-    queue: String,
-    /// Settled deliveries worth one ack frame even while more keep coming.
-    flush_at: usize,
-    /// Settled deliveries held behind an unsettled one that get acked singly.
-    single_after: usize,
-    stale: u64,
-}
-
-impl Acks {
-    fn new(channel: Channel, queue: String, prefetch: usize) -> Self {
-        let quarter = (prefetch / 4).max(1);
-        Self {
-            book: AckBook::default(),
-            channel,
-            queue,
-            flush_at: quarter,
-            single_after: quarter,
-            stale: 0,
-        }
-    }
-
-    fn record(&mut self, settled: Settlement) {
-        match settled {
-            Settlement::Ack(tag) => self.book.settle(tag),
-            Settlement::Elsewhere(tag) => self.book.settled_elsewhere(tag),
-            Settlement::Unsettled => {}
-        }
-    }
-
-    /// Records the settlements waiting in `rx`; returns how many there were.
-    fn record_waiting(&mut self, rx: &mut mpsc::UnboundedReceiver<Settlement>) -> usize {
-        let mut n = 0;
-        while let Ok(s) = rx.try_recv() {
-            self.record(s);
-            n += 1;
-        }
-        n
-    }
-
-    /// Enough settled deliveries wait for an ack to send one now.
-    fn due(&self) -> bool {
-        self.book.pending() >= self.flush_at
-    }
-
-    async fn flush(&mut self) {
-        let frames = self.book.flush(self.single_after);
-        self.send(frames).await;
-    }
-
-    /// Acks everything settled, however it is spread.
-    async fn finish(mut self) {
-        let frames = self.book.flush(0);
-        self.send(frames).await;
-        if self.stale > 0 {
-            warn!(
-                queue = self.queue,
-                stale = self.stale,
-                "acks lost with the channel; those messages will be redelivered"
-            );
-        }
-    }
-
-    async fn send(&mut self, frames: Vec<AckFrame>) {
-        for AckFrame::Ack { tag, multiple } in frames {
-            if let Err(e) = self.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
-                // The channel is gone: the broker will redeliver these.
-                self.stale += 1;
-                metrics::counter!(crate::metrics::STALE_ACKS_TOTAL, "queue" => self.queue.clone()).increment(1);
-                debug!(queue = self.queue, tag, error = %describe(&e), "ack on a closed channel");
-            }
-        }
     }
 }
