@@ -31,6 +31,7 @@ mod acks;
 mod handler;
 pub mod headers;
 mod policy;
+mod process;
 mod route;
 mod worker;
 

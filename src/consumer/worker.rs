@@ -3,25 +3,23 @@
 
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::Connection;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{info, warn};
 
-use super::acks::{Acks, Settlement};
-use super::handler::Context;
-use super::headers::{self, Origin};
-use super::policy::{Decision, RetryPolicy};
-use super::route::{Outcome, Route};
+use super::acks::Acks;
+use super::policy::RetryPolicy;
+use super::process::{Processor, QueueMetrics};
+use super::route::Route;
 use crate::amqp::describe;
-use crate::publisher::{Message, Publisher};
+use crate::publisher::Publisher;
 use crate::topology::Topology;
 
 /// Per-queue limits.
@@ -82,18 +80,18 @@ impl Worker {
         );
 
         let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            metrics: QueueMetrics::new(&queue),
-            worker: self,
+        let (limits, shutdown_timeout) = (self.limits, self.shutdown_timeout);
+        let processor = Arc::new(Processor {
+            route: self.route,
+            topology: self.topology,
+            policy: self.policy,
+            republisher: self.republisher,
             queue: Arc::from(queue.as_str()),
             channel: channel.clone(),
+            metrics: QueueMetrics::new(&queue),
         });
-        let mut acks = Acks::new(
-            channel.clone(),
-            queue.clone(),
-            usize::from(shared.worker.limits.prefetch),
-        );
-        let permits = Arc::new(Semaphore::new(shared.worker.limits.concurrency));
+        let mut acks = Acks::new(channel.clone(), queue.clone(), usize::from(limits.prefetch));
+        let permits = Arc::new(Semaphore::new(limits.concurrency));
         let tracker = TaskTracker::new();
         let mut result = Ok(());
         // One cancellation future for the whole loop, not two per delivery.
@@ -140,8 +138,8 @@ impl Worker {
             };
             match next {
                 Some(Ok(delivery)) => {
-                    let shared = shared.clone();
-                    let mut work = Box::pin(async move { shared.process(&delivery).await });
+                    let processor = processor.clone();
+                    let mut work = Box::pin(async move { processor.process(&delivery).await });
                     // A handler that finishes without waiting (most do: the
                     // event is handled from memory) is settled here, with no
                     // task and no permit of its own; one that waits goes on
@@ -186,7 +184,7 @@ impl Worker {
         // On a dead channel nothing can be acked any more: the broker
         // redelivers everything in flight, so there is nothing to wait for.
         let timeout = if channel.status().connected() {
-            shared.worker.shutdown_timeout
+            shutdown_timeout
         } else {
             Duration::ZERO
         };
@@ -219,157 +217,5 @@ impl Worker {
         }
         info!(queue, "stopped consuming");
         result
-    }
-}
-
-/// Metric handles of one queue, registered once instead of per delivery.
-struct QueueMetrics {
-    acked: metrics::Counter,
-    retried: metrics::Counter,
-    dead_lettered: metrics::Counter,
-    requeued: metrics::Counter,
-    handler: metrics::Histogram,
-}
-
-impl QueueMetrics {
-    fn new(queue: &str) -> Self {
-        let counter = |outcome: &'static str| metrics::counter!(crate::metrics::CONSUMED_TOTAL, "queue" => queue.to_owned(), "outcome" => outcome);
-        Self {
-            acked: counter("acked"),
-            retried: counter("retried"),
-            dead_lettered: counter("dead_lettered"),
-            requeued: counter("requeued"),
-            handler: metrics::histogram!(crate::metrics::HANDLER_DURATION_SECONDS, "queue" => queue.to_owned()),
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Settled {
-    Acked,
-    Retried,
-    DeadLettered,
-}
-
-struct Shared {
-    metrics: QueueMetrics,
-    worker: Worker,
-    queue: Arc<str>,
-    channel: Channel,
-}
-
-impl Shared {
-    async fn process(&self, delivery: &Delivery) -> Settlement {
-        let attempt = headers::attempt(&delivery.properties);
-        // A debug span: at the default info level it is disabled, and the
-        // delivery is processed without entering it.
-        let span = debug_span!(
-            "delivery",
-            queue = %self.queue,
-            event_type = self.worker.route.event_type(),
-            event_id = headers::message_id(&delivery.properties).unwrap_or(""),
-            attempt
-        );
-        if span.is_disabled() {
-            self.process_inner(delivery, attempt).await
-        } else {
-            self.process_inner(delivery, attempt).instrument(span).await
-        }
-    }
-
-    async fn process_inner(&self, delivery: &Delivery, attempt: u32) -> Settlement {
-        let ctx = Context {
-            attempt,
-            queue: self.queue.clone(),
-            redelivered: delivery.redelivered,
-        };
-        let started = Instant::now();
-        let outcome = self.worker.route.process(&delivery.data, ctx).await;
-        self.metrics.handler.record(started.elapsed().as_secs_f64());
-        let (decision, error) = match outcome {
-            Outcome::Handled(Ok(())) => (Decision::Ack, String::new()),
-            Outcome::Handled(r) => {
-                let error = r.as_ref().err().map(ToString::to_string).unwrap_or_default();
-                (self.worker.policy.decide(&r, attempt), error)
-            }
-            Outcome::Undecodable(reason, error) => (Decision::DeadLetter(reason), error),
-        };
-        let target = match decision {
-            Decision::Ack => return self.settle(delivery.delivery_tag, Settled::Acked),
-            Decision::Retry { tier } => {
-                let q = self.worker.topology.retry_queue(self.worker.route.event_type(), tier);
-                debug!(tier, error, "retrying later");
-                (q.expect("policy tiers match topology tiers"), None)
-            }
-            Decision::DeadLetter(reason) => {
-                let event_id = headers::message_id(&delivery.properties).unwrap_or("");
-                warn!(queue = %self.queue, event_id, attempt, reason = reason.as_str(), error, "dead-lettering");
-                (
-                    self.worker.topology.dead_queue(self.worker.route.event_type()),
-                    Some(reason.as_str()),
-                )
-            }
-        };
-        // The republish future is large and rare: boxed, it keeps every
-        // delivery's task small.
-        Box::pin(self.republish(delivery, attempt, target, error)).await
-    }
-
-    async fn republish(
-        &self,
-        delivery: &Delivery,
-        attempt: u32,
-        target: (String, Option<&'static str>),
-        error: String,
-    ) -> Settlement {
-        let tag = delivery.delivery_tag;
-        let origin = Origin {
-            exchange: delivery.exchange.as_str(),
-            routing_key: delivery.routing_key.as_str(),
-            queue: &self.queue,
-        };
-        let properties = headers::republish_properties(&delivery.properties, &origin, attempt + 1, &error, target.1);
-        let msg = Message {
-            exchange: "",
-            routing_key: &target.0,
-            body: &delivery.data,
-            properties,
-        };
-        match self.worker.republisher.send(msg).await {
-            // Publish confirmed, then ack: a crash in between duplicates, never loses.
-            Ok(()) => self.settle(
-                tag,
-                if target.1.is_some() {
-                    Settled::DeadLettered
-                } else {
-                    Settled::Retried
-                },
-            ),
-            Err(e) => {
-                warn!(error = %e, target = target.0, "cannot republish; returning the message to its queue");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                };
-                self.metrics.requeued.increment(1);
-                if self.channel.basic_nack(tag, requeue).await.is_ok() {
-                    Settlement::Elsewhere(tag)
-                } else {
-                    // The channel is gone: the broker redelivers it.
-                    Settlement::Unsettled
-                }
-            }
-        }
-    }
-
-    fn settle(&self, tag: u64, outcome: Settled) -> Settlement {
-        match outcome {
-            Settled::Acked => &self.metrics.acked,
-            Settled::Retried => &self.metrics.retried,
-            Settled::DeadLettered => &self.metrics.dead_lettered,
-        }
-        .increment(1);
-        Settlement::Ack(tag)
     }
 }
