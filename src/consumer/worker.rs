@@ -1,20 +1,23 @@
-//! One work queue on its own channel: prefetch, bounded concurrency, the
-//! decide-publish-ack path, coalesced acks, and the drain on shutdown.
+//! One work queue on its own channel: open it (prefetch, consume), take
+//! deliveries with bounded concurrency while coalescing their acks, and on
+//! shutdown drain the handlers still running.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use lapin::Connection;
+use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use tokio::sync::{Semaphore, mpsc};
+use lapin::{Channel, Connection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::acks::Acks;
+use super::acks::{Acks, Settlement};
 use super::policy::RetryPolicy;
 use super::process::{Processor, QueueMetrics};
 use super::route::Route;
@@ -53,67 +56,110 @@ impl Worker {
     /// the channel dies (returns the cause).
     pub async fn run(self, conn: &Connection, stop: CancellationToken) -> Result<(), WorkerLost> {
         let queue = self.topology.work_queue(self.route.event_type());
-        let lost = |reason: String| WorkerLost {
+        let lost = |reason| WorkerLost {
             queue: queue.clone(),
             reason,
         };
-        let channel = conn.create_channel().await.map_err(|e| lost(describe(&e)))?;
-        channel
-            .basic_qos(self.limits.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| lost(describe(&e)))?;
-        let mut deliveries = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| lost(describe(&e)))?;
-        let tag = deliveries.tag();
+        let (channel, mut deliveries) = open(conn, &queue, self.limits.prefetch).await.map_err(lost)?;
         info!(
             queue,
             prefetch = self.limits.prefetch,
             concurrency = self.limits.concurrency,
             "consuming"
         );
+        let shutdown_timeout = self.shutdown_timeout;
+        let mut consuming = Consuming::new(self, &channel, &queue);
+        let result = consuming.deliver(&mut deliveries, &stop).await;
+        if result.is_ok() {
+            // Stop new deliveries; prefetched ones not started stay unacked and go back to the queue.
+            let _ = channel
+                .basic_cancel(deliveries.tag(), BasicCancelOptions::default())
+                .await;
+        }
+        consuming.drain(&channel, &queue, shutdown_timeout).await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "consumer stopped".into()).await;
+        }
+        info!(queue, "stopped consuming");
+        result.map_err(lost)
+    }
+}
 
-        let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
-        let (limits, shutdown_timeout) = (self.limits, self.shutdown_timeout);
-        let processor = Arc::new(Processor {
-            route: self.route,
-            topology: self.topology,
-            policy: self.policy,
-            republisher: self.republisher,
-            queue: Arc::from(queue.as_str()),
-            channel: channel.clone(),
-            metrics: QueueMetrics::new(&queue),
-        });
-        let mut acks = Acks::new(channel.clone(), queue.clone(), usize::from(limits.prefetch));
-        let permits = Arc::new(Semaphore::new(limits.concurrency));
-        let tracker = TaskTracker::new();
-        let mut result = Ok(());
+/// Opens `queue`'s own channel with its prefetch and starts consuming.
+async fn open(conn: &Connection, queue: &str, prefetch: u16) -> Result<(Channel, lapin::Consumer), String> {
+    let channel = conn.create_channel().await.map_err(|e| describe(&e))?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| describe(&e))?;
+    let deliveries = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok((channel, deliveries))
+}
+
+/// The delivery loop's state: the acks it owes, the permits of the handlers
+/// that wait, and the channel those handlers report back on.
+struct Consuming {
+    processor: Arc<Processor>,
+    acks: Acks,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    settled_tx: mpsc::UnboundedSender<Settlement>,
+    settled_rx: mpsc::UnboundedReceiver<Settlement>,
+    /// Handlers that went on in tasks and have not reported back yet.
+    in_tasks: usize,
+}
+
+impl Consuming {
+    fn new(worker: Worker, channel: &Channel, queue: &str) -> Self {
+        let (settled_tx, settled_rx) = mpsc::unbounded_channel();
+        Self {
+            acks: Acks::new(channel.clone(), queue.to_owned(), usize::from(worker.limits.prefetch)),
+            permits: Arc::new(Semaphore::new(worker.limits.concurrency)),
+            processor: Arc::new(Processor {
+                route: worker.route,
+                topology: worker.topology,
+                policy: worker.policy,
+                republisher: worker.republisher,
+                queue: Arc::from(queue),
+                channel: channel.clone(),
+                metrics: QueueMetrics::new(queue),
+            }),
+            tracker: TaskTracker::new(),
+            settled_tx,
+            settled_rx,
+            in_tasks: 0,
+        }
+    }
+
+    /// Takes deliveries until `stop` is cancelled (`Ok`) or the delivery
+    /// stream fails or ends (`Err`, the cause).
+    async fn deliver(&mut self, deliveries: &mut lapin::Consumer, stop: &CancellationToken) -> Result<(), String> {
         // One cancellation future for the whole loop, not two per delivery.
         let cancelled = stop.cancelled();
         tokio::pin!(cancelled);
-        // Handlers that went on in tasks and have not reported back yet.
-        let mut in_tasks = 0usize;
         while !stop.is_cancelled() {
-            if in_tasks > 0 {
-                in_tasks -= acks.record_waiting(&mut settled_rx);
+            if self.in_tasks > 0 {
+                self.in_tasks -= self.acks.record_waiting(&mut self.settled_rx);
             }
-            if acks.due() {
-                acks.flush().await;
+            if self.acks.due() {
+                self.acks.flush().await;
             }
             // A handler starts only while a permit is free. Only this loop
             // takes permits, so the one seen free here is still free below.
-            let reserved = if permits.available_permits() == 0 {
-                acks.flush().await;
+            let reserved = if self.permits.available_permits() == 0 {
+                self.acks.flush().await;
                 tokio::select! {
                     biased;
                     () = &mut cancelled => break,
-                    p = permits.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
+                    p = self.permits.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
                 }
             } else {
                 None
@@ -123,13 +169,13 @@ impl Worker {
             let next = match deliveries.next().now_or_never() {
                 Some(next) => next,
                 None => {
-                    acks.flush().await;
+                    self.acks.flush().await;
                     tokio::select! {
                         biased;
                         () = &mut cancelled => break,
-                        Some(s) = settled_rx.recv(), if in_tasks > 0 => {
-                            in_tasks -= 1;
-                            acks.record(s);
+                        Some(s) = self.settled_rx.recv(), if self.in_tasks > 0 => {
+                            self.in_tasks -= 1;
+                            self.acks.record(s);
                             continue;
                         }
                         d = deliveries.next() => d,
@@ -137,85 +183,83 @@ impl Worker {
                 }
             };
             match next {
-                Some(Ok(delivery)) => {
-                    let processor = processor.clone();
-                    let mut work = Box::pin(async move { processor.process(&delivery).await });
-                    // A handler that finishes without waiting (most do: the
-                    // event is handled from memory) is settled here, with no
-                    // task and no permit of its own; one that waits goes on
-                    // in a task that holds a permit, and reports back over
-                    // the channel.
-                    match futures_util::poll!(work.as_mut()) {
-                        Poll::Ready(settled) => acks.record(settled),
-                        Poll::Pending => {
-                            let permit = reserved.unwrap_or_else(|| {
-                                permits
-                                    .clone()
-                                    .try_acquire_owned()
-                                    .expect("a permit is free: only this loop takes them")
-                            });
-                            let settled_tx = settled_tx.clone();
-                            in_tasks += 1;
-                            tracker.spawn(async move {
-                                let settled = work.await;
-                                drop(permit);
-                                // A closed receiver means the worker gave up on
-                                // this channel: the broker redelivers the message.
-                                let _ = settled_tx.send(settled);
-                            });
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    result = Err(lost(describe(&e)));
-                    break;
-                }
-                None => {
-                    result = Err(lost("the broker cancelled the consumer (queue deleted?)".into()));
-                    break;
-                }
+                Some(Ok(delivery)) => self.start(delivery, reserved).await,
+                Some(Err(e)) => return Err(describe(&e)),
+                None => return Err("the broker cancelled the consumer (queue deleted?)".into()),
             }
         }
-        if result.is_ok() {
-            // Stop new deliveries; prefetched ones not started stay unacked and go back to the queue.
-            let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
+        Ok(())
+    }
+
+    /// Processes `delivery`. A handler that finishes without waiting (most
+    /// do: the event is handled from memory) is settled here, with no task
+    /// and no permit of its own; one that waits goes on in a task.
+    async fn start(&mut self, delivery: Delivery, reserved: Option<OwnedSemaphorePermit>) {
+        let processor = self.processor.clone();
+        let mut work = Box::pin(async move { processor.process(&delivery).await });
+        match futures_util::poll!(work.as_mut()) {
+            Poll::Ready(settled) => self.acks.record(settled),
+            Poll::Pending => self.spawn(work, reserved),
         }
-        tracker.close();
-        // On a dead channel nothing can be acked any more: the broker
-        // redelivers everything in flight, so there is nothing to wait for.
+    }
+
+    /// Runs a handler that waits in a task holding a permit (`reserved`, or
+    /// a free one); it reports back over the channel.
+    fn spawn(
+        &mut self,
+        work: Pin<Box<impl Future<Output = Settlement> + Send + 'static>>,
+        reserved: Option<OwnedSemaphorePermit>,
+    ) {
+        let permit = reserved.unwrap_or_else(|| {
+            self.permits
+                .clone()
+                .try_acquire_owned()
+                .expect("a permit is free: only this loop takes them")
+        });
+        let settled_tx = self.settled_tx.clone();
+        self.in_tasks += 1;
+        self.tracker.spawn(async move {
+            let settled = work.await;
+            drop(permit);
+            // A closed receiver means the worker gave up on this channel:
+            // the broker redelivers the message.
+            let _ = settled_tx.send(settled);
+        });
+    }
+
+    /// Waits up to `timeout` for the handlers still running, acking each as
+    /// it finishes, then sends the last acks. On a dead channel nothing can
+    /// be acked any more: the broker redelivers everything in flight, so
+    /// there is nothing to wait for.
+    async fn drain(mut self, channel: &Channel, queue: &str, timeout: Duration) {
+        self.tracker.close();
         let timeout = if channel.status().connected() {
-            shutdown_timeout
+            timeout
         } else {
             Duration::ZERO
         };
-        // Handlers still running are waited for, and acked as they finish.
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
-            acks.record_waiting(&mut settled_rx);
-            acks.flush().await;
+            self.acks.record_waiting(&mut self.settled_rx);
+            self.acks.flush().await;
             tokio::select! {
                 biased;
-                Some(s) = settled_rx.recv() => acks.record(s),
-                () = tracker.wait() => {
-                    acks.record_waiting(&mut settled_rx);
+                Some(s) = self.settled_rx.recv() => self.acks.record(s),
+                () = self.tracker.wait() => {
+                    self.acks.record_waiting(&mut self.settled_rx);
                     break;
                 }
                 () = &mut deadline => {
                     warn!(
                         queue,
-                        unfinished = tracker.len(),
+                        unfinished = self.tracker.len(),
                         "handlers still running after {timeout:?}: their messages stay unacked and will be redelivered"
                     );
                     break;
                 }
             }
         }
-        acks.finish().await;
-        if channel.status().connected() {
-            let _ = channel.close(200, "consumer stopped".into()).await;
-        }
-        info!(queue, "stopped consuming");
-        result
+        self.acks.finish().await;
     }
 }
