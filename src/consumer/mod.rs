@@ -38,6 +38,7 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lapin::Connection;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -168,7 +169,32 @@ impl Consumer {
         }
     }
 
+    /// One connection's life: connect and declare, run a worker per queue
+    /// until `shutdown` or until one of them loses its channel.
     async fn session(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        let (conn, republisher) = self.connect(topology).await?;
+        metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
+        info!(
+            service = self.settings.consumer.service,
+            queues = self.routes.len(),
+            "consumer connected"
+        );
+        let lost = self.run_workers(&conn, topology, &republisher, shutdown).await;
+        if conn.status().connected() {
+            let _ = conn.close(200, "consumer stopped".into()).await;
+        }
+        match lost {
+            Some(reason) if !shutdown.is_cancelled() => Err(SessionError::Lost {
+                reason,
+                connected: true,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Connects, declares the topology and opens the republisher (for
+    /// retries and dead letters) on the same connection.
+    async fn connect(&self, topology: &Topology) -> Result<(Arc<Connection>, Publisher), SessionError> {
         let s = &self.settings;
         let opts = ConnectOptions::new(&s.amqp, &format!("consumer {}", s.consumer.service));
         let conn = Arc::new(amqp::connect(&opts).await.map_err(SessionError::setup)?);
@@ -185,13 +211,18 @@ impl Consumer {
         let republisher = Publisher::on_connection(conn.clone(), "", s.publisher.confirm_timeout)
             .await
             .map_err(SessionError::setup)?;
-        metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
-        info!(
-            service = s.consumer.service,
-            queues = self.routes.len(),
-            "consumer connected"
-        );
+        Ok((conn, republisher))
+    }
 
+    /// Runs a worker per queue until all have stopped; returns why the first
+    /// one that failed did. One queue losing its channel stops them all.
+    async fn run_workers(
+        &self,
+        conn: &Arc<Connection>,
+        topology: &Arc<Topology>,
+        republisher: &Publisher,
+        shutdown: &CancellationToken,
+    ) -> Option<String> {
         let stop = shutdown.child_token();
         let mut workers = JoinSet::new();
         for (route, limits) in &self.routes {
@@ -203,7 +234,7 @@ impl Consumer {
                     tiers: topology.retry_delays.len(),
                 },
                 republisher: republisher.clone(),
-                shutdown_timeout: s.consumer.shutdown_timeout,
+                shutdown_timeout: self.settings.consumer.shutdown_timeout,
             };
             let (conn, stop) = (conn.clone(), stop.clone());
             workers.spawn(async move { worker.run(&conn, stop).await });
@@ -225,16 +256,7 @@ impl Consumer {
                 stop.cancel();
             }
         }
-        if conn.status().connected() {
-            let _ = conn.close(200, "consumer stopped".into()).await;
-        }
-        match lost {
-            Some(reason) if !shutdown.is_cancelled() => Err(SessionError::Lost {
-                reason,
-                connected: true,
-            }),
-            _ => Ok(()),
-        }
+        lost
     }
 }
 
