@@ -9,6 +9,7 @@ use lapin::uri::AMQPUri;
 ///
 /// What is wrong with it, without the password.
 pub fn parse(url: &str) -> Result<AMQPUri, String> {
+    check_userinfo(url)?;
     let mut uri: AMQPUri = url.parse()?;
     // amq-protocol-uri only takes DNS names as host and falls back to
     // "localhost" for an IP literal: take the host from the URL ourselves.
@@ -16,6 +17,32 @@ pub fn parse(url: &str) -> Result<AMQPUri, String> {
         uri.authority.host = host;
     }
     Ok(uri)
+}
+
+/// Refuses a user name or password holding a character that ends the
+/// authority (`/`, `?`, `#`) or a second `@`: the URI parser would take the
+/// rest for a host and vhost and connect somewhere else, or fail with a
+/// message about a port. The message names the character, never the password.
+fn check_userinfo(url: &str) -> Result<(), String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let bad = if authority.matches('@').count() > 1 {
+        '@'
+    } else if !authority.contains('@') && rest[end..].contains('@') {
+        // An `@` after the authority ended: the user name or password holds
+        // the character that ended it (or the vhost holds an `@`).
+        rest[end..].chars().next().unwrap_or('/')
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "the user name or password holds a {bad:?}, which must be percent-encoded: write {bad:?} as %{:02X} \
+         (an '@' in the vhost as %40)",
+        u32::from(bad)
+    ))
 }
 
 fn host_of(url: &str) -> Option<String> {
@@ -40,24 +67,20 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 /// The URL with its password replaced by `***`, safe to log or print.
+///
+/// The user name and password end at the last `@`, not at the first `/`: a
+/// password holding an unencoded `/` is still hidden.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{masked}@{host}{tail}")
+            format!("{scheme}://{user}:***@{host}")
         }
-        None => url.to_owned(),
+        _ => url.to_owned(),
     }
 }
 
@@ -88,6 +111,8 @@ mod tests {
         );
         assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
         assert_eq!(redact_url("amqp://user@h"), "amqp://user@h");
+        assert_eq!(redact_url("amqp://u:Qz/Kw@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+        assert_eq!(redact_url("amqp://h/v"), "amqp://h/v");
     }
 
     #[test]
@@ -111,5 +136,23 @@ mod tests {
         let err = check_url("amqp://u:hunter2@host:notaport/").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(check_url("http://x").is_err());
+    }
+
+    #[test]
+    fn reserved_characters_in_the_password_must_be_percent_encoded() {
+        for (url, encoded) in [
+            ("amqp://u:Qz/Kw@host:5672/%2f", "%2F"),
+            ("amqp://u:Qz?Kw@host/v", "%3F"),
+            ("amqp://u:Qz#Kw@host", "%23"),
+            ("amqp://u:Qz@Kw@host/v", "%40"),
+        ] {
+            let err = check_url(url).unwrap_err();
+            assert!(err.contains("percent-encoded") && err.contains(encoded), "{url}: {err}");
+            assert!(!err.contains("Qz") && !err.contains("Kw"), "password in {err}");
+        }
+        let uri = parse("amqp://u:pa%2Fss%40x@host:5672/%2f").unwrap();
+        assert_eq!(uri.authority.userinfo.password, "pa/ss@x");
+        assert_eq!(uri.authority.host, "host");
+        assert!(check_url("amqp://u:p@host/vhost").is_ok());
     }
 }
