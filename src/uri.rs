@@ -84,6 +84,51 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The password in a URL's user info, as written and (when different)
+/// percent-decoded; none without one. Like [`redact_url`], the user info
+/// ends at the last `@`.
+#[must_use]
+pub fn passwords_of(url: &str) -> Vec<Vec<u8>> {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password);
+    let Some(password) = password.filter(|p| !p.is_empty()) else {
+        return Vec::new();
+    };
+    let decoded = percent_decode(password);
+    if decoded == password.as_bytes() {
+        vec![decoded]
+    } else {
+        vec![password.as_bytes().to_vec(), decoded]
+    }
+}
+
+/// `%XX` sequences as bytes; anything else, a malformed `%` included, as is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match hex
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// The virtual host a URL names (`/` for `%2f` or none).
 #[must_use]
 pub fn vhost_of(url: &str) -> String {
@@ -123,6 +168,16 @@ mod tests {
         );
         assert_eq!(parse("amqp://[::1]:5672").unwrap().authority.host, "::1");
         assert_eq!(parse("amqp://rabbit/v").unwrap().authority.host, "rabbit");
+    }
+
+    #[test]
+    fn passwords_as_written_and_decoded() {
+        assert_eq!(
+            passwords_of("amqp://u:p%2Fw%zz@h/v"),
+            [b"p%2Fw%zz".to_vec(), b"p/w%zz".to_vec()]
+        );
+        assert_eq!(passwords_of("amqp://u:Qz/Kw@h"), [b"Qz/Kw".to_vec()]);
+        assert!(passwords_of("amqp://u@h").is_empty() && passwords_of("amqp://h/v@x").is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod duration;
 mod errors;
 mod load;
+mod secret;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -36,7 +37,8 @@ pub struct Settings {
 }
 
 /// The broker connection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Its `Debug` output hides the secrets (see `secret.rs`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     /// AMQP URI; holds the password, so it is redacted wherever it is shown.
@@ -162,7 +164,8 @@ impl RetrySettings {
 }
 
 /// The HTTP ingress.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Its `Debug` output hides the secrets (see `secret.rs`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngressSettings {
     pub listen: SocketAddr,
@@ -178,7 +181,8 @@ pub struct IngressSettings {
 }
 
 /// The webhook handler that forwards events over HTTP.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Its `Debug` output hides the secrets (see `secret.rs`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
     /// Base URL of the receiver (`GO_BACKEND_URL`).
@@ -259,17 +263,7 @@ impl Settings {
     /// The settings as TOML, with every secret replaced by `***`.
     #[must_use]
     pub fn redacted_toml(&self) -> String {
-        let mut s = self.clone();
-        s.amqp.url = crate::uri::redact_url(&s.amqp.url);
-        if let Some(u) = &s.webhook.url {
-            s.webhook.url = Some(crate::uri::redact_url(u));
-        }
-        for secret in [&mut s.ingress.token, &mut s.webhook.secret] {
-            if secret.is_some() {
-                *secret = Some("***".into());
-            }
-        }
-        toml::to_string(&s).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+        toml::to_string(&self.redacted()).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
 
     /// Every setting's path (`consumer.retry.delays`), for `.env.example` and typo checks.
