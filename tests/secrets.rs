@@ -136,9 +136,12 @@ struct Env {
 
 impl Env {
     fn command(&self, args: &[&str]) -> Command {
+        // A directory of its own: no stray warren.toml or .env is read.
+        let dir = std::env::temp_dir().join(support::unique("secrets"));
+        std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
         cmd.args(args)
-            .current_dir(std::env::temp_dir())
+            .current_dir(dir)
             .env_remove("AMQP_URL")
             .env_remove("GO_BACKEND_URL")
             .env("RUST_LOG", "trace");
@@ -399,9 +402,16 @@ fn an_unencoded_slash_in_the_password_is_refused_without_showing_it() {
     };
     for args in [&["config"][..], &["topology", "apply"]] {
         let out = env.command(args).output().expect("run warren");
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.status.success(), "{args:?} accepted it");
-        assert!(all.contains("percent-encoded") && all.contains("%2F"), "{args:?}: {all}");
+        assert!(
+            all.contains("percent-encoded") && all.contains("%2F"),
+            "{args:?}: {all}"
+        );
         assert!(!all.contains("Sekr1t") && !all.contains("Warren@"), "{args:?}: {all}");
     }
 }
