@@ -1,12 +1,18 @@
-//! Loading: the layers (defaults, `warren.toml`, `.env`, environment), the
-//! aliases, and the warnings about variables that name no setting.
+//! Loading: the layers (defaults < `warren.toml` < `.env` < environment)
+//! merged into [`Settings`], each value checked where the user set it, and
+//! where each setting's value came from.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::fmt;
+use std::path::PathBuf;
 
-use super::{ALIASES, ConfigError, Settings};
+use serde::Serialize;
 
+use super::errors::SECRET_KEYS;
+use super::layers::{self, Entry};
+use super::{ConfigError, Settings, values};
+
+/// Settings given as lists (comma separated in the environment).
 const LIST_KEYS: &[&str] = &["consumer.retry.delays", "consumer.event_types"];
 
 /// Where settings come from.
@@ -26,6 +32,34 @@ pub struct Loaded {
     pub settings: Settings,
     /// E.g. an unknown `WARREN_*` variable.
     pub warnings: Vec<String>,
+    /// Where the value of every setting (`consumer.prefetch`) came from.
+    pub origins: BTreeMap<String, Origin>,
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "lowercase")]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A key of the settings file.
+    File { path: PathBuf, key: String },
+    /// A variable of the `.env` file (an alias such as `EVENT_TIMEOUT` too).
+    #[serde(rename = ".env")]
+    DotEnv { path: PathBuf, variable: String },
+    /// An environment variable (an alias such as `AMQP_URL` too).
+    Environment { variable: String },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File { path, .. } => write!(f, "file {}", path.display()),
+            Origin::DotEnv { variable, .. } => write!(f, ".env {variable}"),
+            Origin::Environment { variable } => write!(f, "environment {variable}"),
+        }
+    }
 }
 
 impl Settings {
@@ -33,140 +67,124 @@ impl Settings {
     ///
     /// # Errors
     ///
-    /// A config file given but missing or unreadable, a bad `.env`, or a value
-    /// of the wrong type (the message names the setting).
+    /// A config file given but missing, unreadable or not TOML, a key in it
+    /// that names no setting, a bad `.env`, or a value its setting does not
+    /// accept: the message names the variable or file key as the user set
+    /// it, and says what is accepted ([`ConfigError::Value`]).
     pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
-        let mut builder = config::Config::builder().add_source(
-            config::Config::try_from(&Settings::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?,
-        );
-        match &sources.file {
-            Some(path) => {
-                if !path.exists() {
-                    return Err(ConfigError::File {
-                        path: path.display().to_string(),
-                        message: "not found".into(),
-                    });
-                }
-                if path.extension().is_none_or(|e| e != "toml") {
-                    return Err(ConfigError::File {
-                        path: path.display().to_string(),
-                        message: "settings files are TOML: name it *.toml".into(),
-                    });
-                }
-                builder = builder.add_source(config::File::from(path.as_path()).required(true));
-            }
-            None => {
-                let path = sources.dir.join("warren.toml");
-                builder = builder.add_source(config::File::from(path).required(false));
-            }
+        let file = layers::read_file(sources)?;
+        let mut entries = match &file {
+            Some((path, text)) => layers::file_entries(path, text)?,
+            None => Vec::new(),
+        };
+        let dotenv_path = sources.dir.join(".env");
+        let dotenv = layers::read_dotenv(&dotenv_path)?;
+        let (variables, warnings) = layers::variables(&dotenv_path, &dotenv, &sources.env);
+        entries.extend(variables);
+        for entry in &entries {
+            values::check(&entry.key, &entry.value).map_err(|detail| ConfigError::value(entry, detail))?;
         }
-        let mut vars = read_dotenv(&sources.dir.join(".env"))?;
-        vars.extend(sources.env.iter().cloned());
-        let (env_map, warnings) = warren_variables(&vars);
-        let mut env = config::Environment::with_prefix("WARREN")
-            .separator("__")
-            .prefix_separator("_")
-            .try_parsing(true)
-            .list_separator(",")
-            .source(Some(env_map.into_iter().collect()));
-        for key in LIST_KEYS {
-            env = env.with_list_parse_key(key);
+        let settings = merge(file.as_ref().map(|(_, text)| text.as_str()), &entries)?;
+        let mut origins: BTreeMap<String, Origin> =
+            Settings::keys().into_iter().map(|k| (k, Origin::Default)).collect();
+        // File entries come first, so a variable's origin wins over the file's.
+        for entry in entries {
+            origins.insert(entry.key, entry.origin);
         }
-        let settings: Settings = builder
-            .add_source(env)
-            .build()
-            .and_then(config::Config::try_deserialize)
-            .map_err(|e| match e {
-                config::ConfigError::FileParse { uri, cause } => ConfigError::File {
-                    path: uri.unwrap_or_default(),
-                    message: cause.to_string(),
-                },
-                other => ConfigError::Invalid(other.to_string()),
-            })?;
-        settings.check()?;
-        Ok(Loaded { settings, warnings })
-    }
-
-    fn check(&self) -> Result<(), ConfigError> {
-        if self.consumer.prefetch == 0 {
-            return Err(ConfigError::Invalid("consumer.prefetch must be at least 1".into()));
-        }
-        if self.consumer.concurrency == 0 {
-            return Err(ConfigError::Invalid("consumer.concurrency must be at least 1".into()));
-        }
-        if self.consumer.service.is_empty() || self.topology.exchange.is_empty() {
-            return Err(ConfigError::Invalid(
-                "consumer.service and topology.exchange must not be empty".into(),
-            ));
-        }
-        for t in &self.consumer.event_types {
-            if crate::event::EventType::find(t).is_none() {
-                return Err(ConfigError::Invalid(format!(
-                    "consumer.event_types: unknown event type {t:?} (known: {})",
-                    crate::event::EventType::known_names()
-                )));
-            }
-        }
-        if self.consumer.retry.tiers().iter().any(Duration::is_zero) {
-            return Err(ConfigError::Invalid("consumer.retry.delays must be above zero".into()));
-        }
-        crate::uri::check_url(&self.amqp.url).map_err(|e| ConfigError::Invalid(format!("amqp.url: {e}")))?;
-        Ok(())
+        Ok(Loaded {
+            settings,
+            warnings,
+            origins,
+        })
     }
 }
 
-fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
-    if !path.exists() {
-        return Ok(Vec::new());
+/// Merges the defaults, the file and the variables (already checked) into settings.
+fn merge(file: Option<&str>, entries: &[Entry]) -> Result<Settings, ConfigError> {
+    let defaults = config::Config::try_from(&Settings::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let mut builder = config::Config::builder().add_source(defaults);
+    if let Some(text) = file {
+        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
     }
-    let err = |e: dotenvy::Error| ConfigError::DotEnv {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    let variables: BTreeMap<String, String> = entries
+        .iter()
+        .filter_map(|e| match (&e.origin, &e.value) {
+            (Origin::File { .. }, _) => None,
+            (_, values::Raw::Text(value)) => Some((layers::variable_of(&e.key), value.clone())),
+            (_, values::Raw::Toml(_)) => None,
+        })
+        .collect();
+    let mut env = config::Environment::with_prefix("WARREN")
+        .separator("__")
+        .prefix_separator("_")
+        .try_parsing(true)
+        .list_separator(",")
+        .source(Some(variables.into_iter().collect()));
+    for key in LIST_KEYS {
+        env = env.with_list_parse_key(key);
+    }
+    builder
+        .add_source(env)
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|e| unexpected(&e, entries))
+}
+
+/// A value that passed its check but not serde: named by the entry that set
+/// it when the error says which setting, else the message with secrets masked.
+fn unexpected(e: &config::ConfigError, entries: &[Entry]) -> ConfigError {
+    let key = match e {
+        config::ConfigError::Type { key, .. } | config::ConfigError::At { key, .. } => key.as_deref(),
+        _ => None,
     };
-    dotenvy::from_path_iter(path)
-        .map_err(err)?
-        .map(|r| r.map_err(err))
-        .collect()
-}
-
-/// Picks the `WARREN_*` variables, applies the aliases (a `WARREN_*` variable
-/// wins over its alias) and reports the ones that match no setting.
-fn warren_variables(vars: &[(String, String)]) -> (BTreeMap<String, String>, Vec<String>) {
-    let keys = Settings::keys();
-    let mut map = BTreeMap::new();
-    let mut warnings = Vec::new();
-    for (name, value) in vars {
-        if let Some(path) = name.strip_prefix("WARREN_") {
-            let path = path.to_lowercase().replace("__", ".");
-            if keys.contains(&path) {
-                map.insert(name.clone(), value.clone());
-            } else if !warnings.iter().any(|w: &String| w.contains(name.as_str())) {
-                warnings.push(format!("environment variable {name} matches no setting and is ignored"));
-            }
+    let key = key.map(|k| k.split('[').next().unwrap_or(k));
+    if let Some(entry) = entries.iter().rev().find(|entry| Some(entry.key.as_str()) == key) {
+        return ConfigError::value(entry, None);
+    }
+    let mut message = e.to_string();
+    for entry in entries.iter().filter(|e| SECRET_KEYS.contains(&e.key.as_str())) {
+        if let values::Raw::Text(secret) = &entry.value
+            && !secret.is_empty()
+        {
+            message = message.replace(secret.as_str(), "***");
         }
     }
-    for (alias, targets) in ALIASES {
-        if let Some((_, value)) = vars.iter().rev().find(|(n, _)| n == alias) {
-            for target in *targets {
-                let name = format!("WARREN_{}", target.to_uppercase().replace('.', "__"));
-                map.entry(name).or_insert_with(|| value.clone());
-            }
-        }
-    }
-    (map, warnings)
+    ConfigError::Invalid(message)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
 
-    fn load(env: &[(&str, &str)]) -> Loaded {
+    use super::*;
+    use crate::config::QueueType;
+
+    fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("warren-cfg-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
-        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Settings::load(&Sources { file: None, dir, env }).unwrap()
+        dir
     }
-    use crate::config::QueueType;
+
+    fn vars(env: &[(&str, &str)]) -> Vec<(String, String)> {
+        env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn try_load(dir: &Path, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        Settings::load(&Sources {
+            file: None,
+            dir: dir.to_owned(),
+            env: vars(env),
+        })
+    }
+
+    fn load(env: &[(&str, &str)]) -> Loaded {
+        try_load(&temp_dir(), env).unwrap()
+    }
+
+    fn error(env: &[(&str, &str)]) -> String {
+        try_load(&temp_dir(), env).unwrap_err().to_string()
+    }
 
     #[test]
     fn defaults_connect_to_local_broker() {
@@ -259,7 +277,7 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(err.contains("prefetch"), "{err}");
+        assert!(err.contains("WARREN_CONSUMER__PREFETCH=many"), "{err}");
         let missing = Settings::load(&Sources {
             file: Some("/nonexistent/w.toml".into()),
             dir,
@@ -282,5 +300,127 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("warren.yaml") && err.contains("TOML"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_variable_is_named_as_set_with_its_limits() {
+        assert_eq!(
+            error(&[("WARREN_CONSUMER__PREFETCH", "abc")]),
+            "environment variable WARREN_CONSUMER__PREFETCH=abc: must be a whole number from 1 to 65535"
+        );
+        assert_eq!(
+            error(&[("WARREN_CONSUMER__PREFETCH", "70000")]),
+            "environment variable WARREN_CONSUMER__PREFETCH=70000: must be a whole number from 1 to 65535"
+        );
+        assert_eq!(
+            error(&[("EVENT_TIMEOUT", "-1")]),
+            "environment variable EVENT_TIMEOUT=-1: must be a duration like 500ms, 30s or 2m (a bare number is seconds)"
+        );
+        let err = error(&[("WARREN_CONSUMER__CONCURRENCY", "1.5")]);
+        assert!(err.contains("=1.5: must be a whole number of 1 or more"), "{err}");
+        let err = error(&[("WARREN_CONSUMER__EVENT_TYPES", "user.registered,user.deleted")]);
+        assert!(err.contains("(\"user.deleted\" is not one)"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_secret_is_named_but_not_shown() {
+        for (name, value) in [
+            ("WARREN_AMQP__URL", "amqp://u:Qz9/Kw@h/%2f"),
+            ("AMQP_URL", "amqp://u:Qz9/Kw@h/%2f"),
+        ] {
+            let err = error(&[(name, value)]);
+            assert!(
+                err.starts_with(&format!("environment variable {name}: must be an AMQP URL")),
+                "{err}"
+            );
+            assert!(err.contains("%2F") && !err.contains("Qz9"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_in_a_file_names_the_file_and_key() {
+        let dir = temp_dir();
+        let file = dir.join("warren.toml");
+        std::fs::write(&file, "[consumer]\nprefetch = \"abc\"\n").unwrap();
+        let err = try_load(&dir, &[]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "consumer.prefetch = \"abc\" in {}: must be a whole number from 1 to 65535",
+                file.display()
+            )
+        );
+        std::fs::write(&file, "[consumer]\nprefech = 3\n").unwrap();
+        let err = try_load(&dir, &[]).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(
+            err.contains("unknown key consumer.prefech; did you mean consumer.prefetch?"),
+            "{err}"
+        );
+        std::fs::write(&file, "[amqp]\nurl = \"amqp://u:Qz9@h\n").unwrap();
+        let err = try_load(&dir, &[]).unwrap_err().to_string();
+        assert!(err.contains("line 2") && !err.contains("Qz9"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_in_dotenv_names_the_file_and_variable() {
+        let dir = temp_dir();
+        std::fs::write(dir.join(".env"), "WARREN_TOPOLOGY__QUEUE_TYPE=stream\n").unwrap();
+        let err = try_load(&dir, &[]).unwrap_err().to_string();
+        let expected = format!(
+            "WARREN_TOPOLOGY__QUEUE_TYPE=stream in {}: must be quorum or classic",
+            dir.join(".env").display()
+        );
+        assert_eq!(err, expected);
+    }
+
+    #[test]
+    fn an_unknown_variable_suggests_the_nearest_name() {
+        let loaded = load(&[("WARREN_CONSUMER__PREFECH", "3"), ("WARREN_NOPE", "1")]);
+        assert_eq!(
+            loaded.warnings,
+            [
+                "environment variable WARREN_CONSUMER__PREFECH matches no setting and is ignored; \
+                 did you mean WARREN_CONSUMER__PREFETCH?",
+                "environment variable WARREN_NOPE matches no setting and is ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn origins_say_which_layer_set_each_value() {
+        let dir = temp_dir();
+        std::fs::write(dir.join("warren.toml"), "[consumer]\nprefetch = 10\nservice = \"f\"\n").unwrap();
+        std::fs::write(dir.join(".env"), "WARREN_CONSUMER__PREFETCH=20\nEVENT_TIMEOUT=3\n").unwrap();
+        let loaded = try_load(
+            &dir,
+            &[("EVENT_RETRY_ATTEMPTS", "2"), ("WARREN_WEBHOOK__TIMEOUT", "4s")],
+        )
+        .unwrap();
+        let origin = |key: &str| loaded.origins[key].clone();
+        assert_eq!(origin("amqp.url"), Origin::Default);
+        assert_eq!(
+            origin("consumer.service"),
+            Origin::File {
+                path: dir.join("warren.toml"),
+                key: "consumer.service".into()
+            }
+        );
+        let dotenv = |variable: &str| Origin::DotEnv {
+            path: dir.join(".env"),
+            variable: variable.into(),
+        };
+        assert_eq!(origin("consumer.prefetch"), dotenv("WARREN_CONSUMER__PREFETCH"));
+        assert_eq!(origin("publisher.confirm_timeout"), dotenv("EVENT_TIMEOUT"));
+        let env = |variable: &str| Origin::Environment {
+            variable: variable.into(),
+        };
+        assert_eq!(origin("webhook.timeout"), env("WARREN_WEBHOOK__TIMEOUT"));
+        assert_eq!(origin("consumer.retry.attempts"), env("EVENT_RETRY_ATTEMPTS"));
+        assert_eq!(loaded.origins.len(), Settings::keys().len());
+        assert_eq!(
+            origin("consumer.prefetch").to_string(),
+            ".env WARREN_CONSUMER__PREFETCH"
+        );
     }
 }

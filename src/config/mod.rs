@@ -4,15 +4,19 @@
 //! levels (`WARREN_AMQP__URL`, `WARREN_CONSUMER__PREFETCH`). The names the
 //! Django/Go setup used before warren work as aliases: `AMQP_URL`,
 //! `GO_BACKEND_URL`, `EVENT_TIMEOUT` (seconds) and `EVENT_RETRY_ATTEMPTS`.
-//! A `WARREN_*` variable naming no setting is returned as a warning.
+//! A `WARREN_*` variable naming no setting is returned as a warning that
+//! suggests the nearest valid name; a bad value is an error in the words the
+//! user set it with ([`ConfigError::Value`]).
 //!
 //! The loader never reads the process environment itself: callers pass the
 //! variables in, so tests (and embedders) control exactly what is seen.
 
 pub mod duration;
 mod errors;
+mod layers;
 mod load;
 mod secret;
+mod values;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -21,7 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use errors::ConfigError;
-pub use load::{Loaded, Sources};
+pub use load::{Loaded, Origin, Sources};
 
 /// Every setting of warren. `Settings::default()` is the built-in layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

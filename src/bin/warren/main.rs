@@ -5,12 +5,14 @@
 
 mod bench;
 mod logging;
+mod show_config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use show_config::Origins;
 use tokio_util::sync::CancellationToken;
 use warren::config::{Loaded, Sources};
 use warren::consumer::{Consumer, LogHandler};
@@ -67,8 +69,14 @@ enum Command {
     /// Declare or export the exchange, queues and bindings.
     #[command(subcommand)]
     Topology(TopologyCommand),
-    /// Print the effective settings as TOML, with passwords and tokens redacted.
-    Config,
+    /// Print the effective settings, with passwords and tokens redacted: as
+    /// TOML with, after each value, where it came from (default, file, .env,
+    /// environment), then the derived retry delays and queue names.
+    Config {
+        /// One JSON object instead: settings, sources, derived.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the consumer service: one work queue per event type, handled, acked,
     /// retried through the delay queues, or parked in the dead-letter queues.
     ///
@@ -124,7 +132,11 @@ enum TopologyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Settings first: the log scrubber needs their secrets before any line is written.
-    let Loaded { settings, warnings } = match load_settings(&cli) {
+    let Loaded {
+        settings,
+        warnings,
+        origins,
+    } = match load_settings(&cli) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -143,7 +155,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, settings)) {
+    match runtime.block_on(run(cli, settings, origins)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", scrubber.scrub(&format!("{e:#}")));
@@ -161,7 +173,7 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Loaded> {
     Ok(Settings::load(&sources)?)
 }
 
-async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<()> {
     match cli.command {
         Command::Publish {
             event_type,
@@ -188,7 +200,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 topology.bindings().len()
             );
         }
-        Command::Config => print!("{}", settings.redacted_toml()),
+        Command::Config { json } => print!("{}", show_config::render(&settings, &origins, json)?),
         Command::Consume { handler } => {
             let shutdown = shutdown_on_signal();
             consumer(settings, handler.handler)?.run(shutdown).await?;
