@@ -350,6 +350,7 @@ async fn no_command_prints_a_secret_at_trace() {
     let needles = needles(&user.name, &webhook_secret);
 
     assert_no_secret("config", &env.run(&["config"]), &needles);
+    assert_no_secret("config --json", &env.run(&["config", "--json"]), &needles);
     let applied = env.run(&["topology", "apply"]);
     // The check means something only if the frame trace was on.
     assert!(

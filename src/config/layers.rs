@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::errors::nearest;
-use super::values::Raw;
+use super::values::{Raw, normalize};
 use super::{ALIASES, ConfigError, Origin, Settings, Sources};
 
 /// One value the user set.
@@ -164,9 +164,9 @@ pub(super) fn variables(
         let key = path.to_lowercase().replace("__", ".");
         if keys.contains(&key) {
             let entry = Entry {
-                key: key.clone(),
                 origin: origin(in_dotenv, name),
-                value: Raw::Text(value.clone()),
+                value: Raw::Text(normalize(&key, value)),
+                key: key.clone(),
             };
             entries.insert(key, entry);
         } else if !warnings.iter().any(|w: &String| w.contains(&format!("{name} "))) {
@@ -181,7 +181,7 @@ pub(super) fn variables(
             entries.entry((*target).to_owned()).or_insert_with(|| Entry {
                 key: (*target).to_owned(),
                 origin: origin(in_dotenv, name),
-                value: Raw::Text(value.clone()),
+                value: Raw::Text(normalize(target, value)),
             });
         }
     }

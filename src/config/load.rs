@@ -106,14 +106,22 @@ fn merge(file: Option<&str>, entries: &[Entry]) -> Result<Settings, ConfigError>
     if let Some(text) = file {
         builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
     }
-    let variables: BTreeMap<String, String> = entries
-        .iter()
-        .filter_map(|e| match (&e.origin, &e.value) {
-            (Origin::File { .. }, _) => None,
-            (_, values::Raw::Text(value)) => Some((layers::variable_of(&e.key), value.clone())),
-            (_, values::Raw::Toml(_)) => None,
-        })
-        .collect();
+    let mut variables = BTreeMap::new();
+    for entry in entries {
+        let (Origin::DotEnv { .. } | Origin::Environment { .. }, values::Raw::Text(value)) =
+            (&entry.origin, &entry.value)
+        else {
+            continue;
+        };
+        if LIST_KEYS.contains(&entry.key.as_str()) && value.is_empty() {
+            // The environment source reads "" as one empty item, not as no items.
+            builder = builder
+                .set_override(entry.key.as_str(), Vec::<String>::new())
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        } else {
+            variables.insert(layers::variable_of(&entry.key), value.clone());
+        }
+    }
     let mut env = config::Environment::with_prefix("WARREN")
         .separator("__")
         .prefix_separator("_")
@@ -422,5 +430,21 @@ mod tests {
             origin("consumer.prefetch").to_string(),
             ".env WARREN_CONSUMER__PREFETCH"
         );
+    }
+
+    #[test]
+    fn list_variables_are_trimmed_and_may_be_empty() {
+        let s = load(&[
+            ("WARREN_CONSUMER__EVENT_TYPES", "user.login, user.registered"),
+            ("WARREN_CONSUMER__RETRY__DELAYS", ""),
+            ("WARREN_CONSUMER__PREFETCH", " 5 "),
+        ])
+        .settings;
+        assert_eq!(s.consumer.event_types, ["user.login", "user.registered"]);
+        assert!(s.consumer.retry.delays.is_empty());
+        assert_eq!(s.consumer.prefetch, 5);
+        // The environment source of the config crate read "" as one empty item.
+        let s = load(&[("WARREN_CONSUMER__EVENT_TYPES", " ")]).settings;
+        assert!(s.consumer.event_types.is_empty(), "{:?}", s.consumer.event_types);
     }
 }

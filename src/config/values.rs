@@ -88,6 +88,17 @@ pub(super) fn expected(key: &str) -> String {
     }
 }
 
+/// A variable's value as the loader takes it: blanks around it trimmed (but
+/// for text settings, where they may be part of the value), and around each
+/// item of a list.
+pub(super) fn normalize(key: &str, value: &str) -> String {
+    match kind_of(key) {
+        None | Some(Kind::Text) => value.to_owned(),
+        Some(Kind::Delays | Kind::EventTypes) => value.split(',').map(str::trim).collect::<Vec<_>>().join(","),
+        Some(_) => value.trim().to_owned(),
+    }
+}
+
 /// Checks one value of `key`.
 ///
 /// # Errors
@@ -151,7 +162,7 @@ fn scalar(raw: &Raw) -> Option<Cow<'_, str>> {
 /// The items of a list: comma-separated text (empty: no items), or a TOML array.
 fn items(raw: &Raw) -> Option<Vec<String>> {
     match raw {
-        Raw::Text(s) if s.is_empty() => Some(Vec::new()),
+        Raw::Text(s) if s.trim().is_empty() => Some(Vec::new()),
         Raw::Text(s) => Some(s.split(',').map(str::to_owned).collect()),
         Raw::Toml(toml::Value::Array(values)) => values
             .iter()
@@ -209,6 +220,12 @@ mod tests {
         assert!(check("ingress.listen", &text("localhost")).is_err());
         assert!(check("topology.queue_type", &text("stream")).is_err());
         assert!(check("consumer.service", &text("")).is_err());
+        assert_eq!(
+            normalize("consumer.event_types", " user.login , user.registered"),
+            "user.login,user.registered"
+        );
+        assert_eq!(normalize("consumer.prefetch", " 5 "), "5");
+        assert_eq!(normalize("ingress.token", " t "), " t ");
         assert!(matches!(check("amqp.url", &text("amqp://u:p/w@h")), Err(Some(m)) if m.contains("%2F")));
     }
 }
