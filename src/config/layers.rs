@@ -116,12 +116,40 @@ pub(super) fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigEr
     }
     let err = |e: dotenvy::Error| ConfigError::DotEnv {
         path: path.display().to_string(),
-        message: e.to_string(),
+        message: match e {
+            dotenvy::Error::LineParse(line, at) => unparsable_line(path, &line, at),
+            other => other.to_string(),
+        },
     };
     dotenvy::from_path_iter(path)
         .map_err(err)?
         .map(|r| r.map_err(err))
         .collect()
+}
+
+/// Where a `.env` line does not parse, by line number and variable name:
+/// dotenvy's own message quotes the line, which may hold a password.
+fn unparsable_line(path: &Path, line: &str, at: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let first = line.lines().next().unwrap_or_default();
+    let Some((number, whole)) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| !first.is_empty() && l.contains(first))
+    else {
+        return format!("a line does not parse (at character {at}; it is not shown: it may hold a secret)");
+    };
+    let name = whole.split('=').next().unwrap_or_default().trim();
+    let name = name.strip_prefix("export ").unwrap_or(name).trim();
+    let name = if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        format!(" ({name})")
+    } else {
+        String::new()
+    };
+    format!(
+        "line {}{name} does not parse (at character {at}; the line is not shown: it may hold a secret)",
+        number + 1
+    )
 }
 
 /// The environment name of a setting: `WARREN_CONSUMER__RETRY__DELAYS`.

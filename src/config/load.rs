@@ -447,4 +447,18 @@ mod tests {
         let s = load(&[("WARREN_CONSUMER__EVENT_TYPES", " ")]).settings;
         assert!(s.consumer.event_types.is_empty(), "{:?}", s.consumer.event_types);
     }
+
+    #[test]
+    fn a_dotenv_line_that_does_not_parse_is_named_not_quoted() {
+        for line in [
+            "WARREN_AMQP__URL=\"amqp://u:Qz9Kw@h",
+            "WARREN_AMQP__URL=amqp://u:Qz9 Kw@h",
+        ] {
+            let dir = temp_dir();
+            std::fs::write(dir.join(".env"), format!("EVENT_TIMEOUT=3\n{line}\n")).unwrap();
+            let err = try_load(&dir, &[]).unwrap_err().to_string();
+            assert!(err.contains("line 2 (WARREN_AMQP__URL) does not parse"), "{err}");
+            assert!(!err.contains("Qz9"), "{err}");
+        }
+    }
 }
