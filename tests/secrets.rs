@@ -253,6 +253,14 @@ impl Running {
     }
 }
 
+/// A failed assertion must not leave the process running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Sends one HTTP/1.1 request; the response's status code.
 fn http(addr: SocketAddr, head: &str, body: &str) -> u16 {
     let mut conn = TcpStream::connect(addr).expect("connect to the ingress");
