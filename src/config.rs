@@ -27,6 +27,7 @@ pub struct Settings {
     pub ingress: IngressSettings,
     pub webhook: WebhookSettings,
     pub metrics: MetricsSettings,
+    pub relay: RelaySettings,
 }
 
 /// The broker connection.
@@ -194,6 +195,28 @@ pub struct MetricsSettings {
     pub listen: Option<SocketAddr>,
 }
 
+/// The PostgreSQL outbox relay (`warren relay`, `warren run --relay`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySettings {
+    /// `postgres://user:password@host/db` (`DATABASE_URL`); holds the
+    /// password, so it is redacted wherever it is shown.
+    pub database_url: Option<String>,
+    /// The outbox table, optionally schema-qualified (`app.warren_outbox`).
+    pub table: String,
+    /// Rows claimed, published and marked per transaction.
+    pub batch_size: usize,
+    /// The longest wait between two polls; a NOTIFY ends it early.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// How long published rows are kept; `0s` deletes a row when its event
+    /// is confirmed instead of marking it.
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// Database connections in the relay's pool.
+    pub pool_size: usize,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -237,6 +260,14 @@ impl Default for Settings {
                 timeout: Duration::from_secs(10),
             },
             metrics: MetricsSettings { listen: None },
+            relay: RelaySettings {
+                database_url: None,
+                table: "warren_outbox".into(),
+                batch_size: 500,
+                poll_interval: Duration::from_secs(1),
+                retention: Duration::from_secs(24 * 3600),
+                pool_size: 4,
+            },
         }
     }
 }
@@ -247,6 +278,7 @@ pub const ALIASES: &[(&str, &[&str])] = &[
     ("GO_BACKEND_URL", &["webhook.url"]),
     ("EVENT_TIMEOUT", &["publisher.confirm_timeout", "webhook.timeout"]),
     ("EVENT_RETRY_ATTEMPTS", &["consumer.retry.attempts"]),
+    ("DATABASE_URL", &["relay.database_url"]),
 ];
 
 const LIST_KEYS: &[&str] = &["consumer.retry.delays", "consumer.event_types"];
@@ -364,6 +396,11 @@ impl Settings {
             return Err(ConfigError::Invalid("consumer.retry.delays must be above zero".into()));
         }
         crate::uri::check_url(&self.amqp.url).map_err(|e| ConfigError::Invalid(format!("amqp.url: {e}")))?;
+        if self.relay.batch_size == 0 || self.relay.pool_size == 0 || self.relay.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "relay.batch_size, relay.pool_size and relay.poll_interval must be above zero".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -374,6 +411,9 @@ impl Settings {
         s.amqp.url = crate::uri::redact_url(&s.amqp.url);
         if let Some(u) = &s.webhook.url {
             s.webhook.url = Some(crate::uri::redact_url(u));
+        }
+        if let Some(u) = &s.relay.database_url {
+            s.relay.database_url = Some(crate::uri::redact_database_url(u));
         }
         for secret in [&mut s.ingress.token, &mut s.webhook.secret] {
             if secret.is_some() {
@@ -390,7 +430,7 @@ impl Settings {
         let value = serde_json::to_value(Settings::default()).expect("settings serialize");
         collect_keys("", &value, &mut out);
         // Optional settings are absent from the serialized defaults.
-        for k in ["ingress.token", "webhook.url", "webhook.secret", "metrics.listen"] {
+        for k in ["ingress.token", "webhook.url", "webhook.secret", "metrics.listen", "relay.database_url"] {
             out.insert(k.to_owned());
         }
         out
@@ -701,6 +741,24 @@ mod tests {
             assert!(!out.contains(secret), "{secret} leaked in\n{out}");
         }
         assert!(out.contains("amqp://admin:***@broker:5672/%2f"));
+    }
+
+    #[test]
+    fn database_url_alias_and_redaction() {
+        let s = load(&[("DATABASE_URL", "postgres://app:pgs3cret@db/app")]).settings;
+        assert_eq!(s.relay.database_url.as_deref(), Some("postgres://app:pgs3cret@db/app"));
+        assert_eq!(s.relay.retention, Duration::from_secs(24 * 3600));
+        let out = s.redacted_toml();
+        assert!(!out.contains("pgs3cret"), "{out}");
+        assert!(out.contains("postgres://app:***@db/app"), "{out}");
+        let s = load(&[
+            ("DATABASE_URL", "postgres://alias/db"),
+            ("WARREN_RELAY__DATABASE_URL", "postgres://explicit/db"),
+            ("WARREN_RELAY__BATCH_SIZE", "50"),
+        ])
+        .settings;
+        assert_eq!(s.relay.database_url.as_deref(), Some("postgres://explicit/db"));
+        assert_eq!(s.relay.batch_size, 50);
     }
 
     #[test]

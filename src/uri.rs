@@ -61,6 +61,35 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A PostgreSQL connection string with its password replaced by `***`, in
+/// either form libpq accepts: a URL (`postgres://u:pw@h/db`, also
+/// `?password=pw`) or `key=value` pairs (`host=h password=pw`).
+#[must_use]
+pub fn redact_database_url(url: &str) -> String {
+    let redacted = if url.contains("://") { redact_url(url) } else { url.to_owned() };
+    // `password=` as a URL query parameter or a key=value pair.
+    let mut out = String::with_capacity(redacted.len());
+    let mut rest = redacted.as_str();
+    while let Some(i) = rest.find("password=") {
+        let boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b' ' | b'?' | b'&');
+        let (head, tail) = rest.split_at(i + "password=".len());
+        out.push_str(head);
+        if !boundary {
+            rest = tail;
+            continue;
+        }
+        let end = if let Some(quoted) = tail.strip_prefix('\'') {
+            quoted.find('\'').map_or(tail.len(), |j| j + 2)
+        } else {
+            tail.find([' ', '&', '#']).unwrap_or(tail.len())
+        };
+        out.push_str("***");
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The virtual host a URL names (`/` for `%2f` or none).
 #[must_use]
 pub fn vhost_of(url: &str) -> String {
@@ -75,6 +104,24 @@ pub fn vhost_of(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_are_redacted_in_both_forms() {
+        assert_eq!(
+            redact_database_url("postgres://app:pw1@db:5432/app?sslmode=require"),
+            "postgres://app:***@db:5432/app?sslmode=require"
+        );
+        assert_eq!(
+            redact_database_url("postgresql://db/app?user=app&password=pw2&sslmode=require"),
+            "postgresql://db/app?user=app&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_database_url("host=db password='p w3' user=app"),
+            "host=db password=*** user=app"
+        );
+        assert_eq!(redact_database_url("host=db password=pw4"), "host=db password=***");
+        assert_eq!(redact_database_url("host=db user=app"), "host=db user=app");
+    }
 
     #[test]
     fn redaction_hides_only_the_password() {
