@@ -430,7 +430,13 @@ impl Settings {
         let value = serde_json::to_value(Settings::default()).expect("settings serialize");
         collect_keys("", &value, &mut out);
         // Optional settings are absent from the serialized defaults.
-        for k in ["ingress.token", "webhook.url", "webhook.secret", "metrics.listen", "relay.database_url"] {
+        for k in [
+            "ingress.token",
+            "webhook.url",
+            "webhook.secret",
+            "metrics.listen",
+            "relay.database_url",
+        ] {
             out.insert(k.to_owned());
         }
         out

@@ -66,7 +66,11 @@ pub fn redact_url(url: &str) -> String {
 /// `?password=pw`) or `key=value` pairs (`host=h password=pw`).
 #[must_use]
 pub fn redact_database_url(url: &str) -> String {
-    let redacted = if url.contains("://") { redact_url(url) } else { url.to_owned() };
+    let redacted = if url.contains("://") {
+        redact_url(url)
+    } else {
+        url.to_owned()
+    };
     // `password=` as a URL query parameter or a key=value pair.
     let mut out = String::with_capacity(redacted.len());
     let mut rest = redacted.as_str();
