@@ -11,9 +11,9 @@
 //! test's own connections: the broker connection by its name, the database
 //! backends by their application_name, the network through a TCP proxy.
 
-mod support;
 #[path = "relay/outbox.rs"]
 mod outbox;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,7 +54,10 @@ impl Scenario {
             ("WARREN_AMQP__HEARTBEAT", "2".into()),
             ("WARREN_PUBLISHER__CONFIRM_TIMEOUT", "5s".into()),
             ("WARREN_TOPOLOGY__EXCHANGE", settings.topology.exchange.clone()),
-            ("WARREN_RELAY__DATABASE_URL", settings.relay.database_url.clone().unwrap()),
+            (
+                "WARREN_RELAY__DATABASE_URL",
+                settings.relay.database_url.clone().unwrap(),
+            ),
             ("WARREN_RELAY__TABLE", settings.relay.table.clone()),
             ("WARREN_RELAY__BATCH_SIZE", "100".into()),
             ("WARREN_RELAY__POLL_INTERVAL", "200ms".into()),
@@ -69,6 +72,11 @@ impl Scenario {
             connection_name,
             relays: Vec::new(),
         }
+    }
+
+    /// Sets one more environment variable of the relays started from now on.
+    fn set(&mut self, name: &str, value: &str) {
+        self.env.push((name.to_owned(), value.to_owned()));
     }
 
     /// Starts one more `warren relay` process.
@@ -155,28 +163,34 @@ impl Drop for Scenario {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_killed_mid_batch_and_restarted() {
     let mut s = Scenario::new("kill", None).await;
+    // A backlog first and big batches, so the relay is busy publishing a
+    // batch whenever it is killed.
+    s.set("WARREN_RELAY__BATCH_SIZE", "1000");
+    let inserting = s.insert_all(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(2)).await;
     s.start_relay();
-    let inserting = s.insert_all(Duration::from_secs(4));
-    for _ in 0..2 {
-        wait_for_progress(&s.recorder, 500).await;
+    for _ in 0..3 {
+        wait_for_progress(&s.recorder, 700).await;
         s.kill_relay(0);
         tokio::time::sleep(Duration::from_millis(300)).await;
         s.start_relay();
     }
-    s.finish("relay SIGKILL mid-batch, restarted (x2)", inserting).await;
+    s.finish("relay SIGKILL mid-batch, restarted (x3)", inserting).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_connection_closed_mid_batch() {
     let mut s = Scenario::new("amqpclose", None).await;
+    let inserting = s.insert_all(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(2)).await;
     s.start_relay();
-    let inserting = s.insert_all(Duration::from_secs(4));
     for _ in 0..2 {
         wait_for_progress(&s.recorder, 500).await;
         let name = support::faults::broker_connection_named(&s.connection_name).await;
         support::faults::force_close(&name);
     }
-    s.finish("relay's broker connection closed mid-batch (x2)", inserting).await;
+    s.finish("relay's broker connection closed mid-batch (x2)", inserting)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +213,8 @@ async fn database_connections_terminated_mid_batch() {
             .get(0);
         assert!(killed >= 1, "no backend of {app} to terminate");
     }
-    s.finish("relay's database connections terminated mid-batch (x3)", inserting).await;
+    s.finish("relay's database connections terminated mid-batch (x3)", inserting)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +247,8 @@ async fn two_relays_at_once() {
     // The active one dies; the standby takes over.
     s.kill_relay(0);
     s.start_relay();
-    s.finish("two relays at once (one SIGKILLed and replaced midway)", inserting).await;
+    s.finish("two relays at once (one SIGKILLed and replaced midway)", inserting)
+        .await;
 }
 
 /// Waits until `more` further distinct events have arrived.
