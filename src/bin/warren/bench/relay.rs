@@ -32,7 +32,10 @@ const PER_TX: usize = 100;
 /// [`BenchError`]: no `relay.database_url`, the database or the broker unreachable.
 pub async fn run(settings: &Settings, plan: &Plan, shutdown: &CancellationToken) -> Result<(), BenchError> {
     let events = plan.events.unwrap_or(50_000) as usize;
-    println!("warren bench --relay: {events} events per run, batch {}", settings.relay.batch_size);
+    println!(
+        "warren bench --relay: {events} events per run, batch {}",
+        settings.relay.batch_size
+    );
     let direct = run_one(settings, plan, Kind::Warren, 0, shutdown).await?;
     println!(
         "library publisher: {:.0} events/s published, {:.0} events/s end to end (publish → handler), p50 {:.1} ms, p99 {:.1} ms",
@@ -97,8 +100,11 @@ async fn relay_run(arena: &Arena, plan: &Plan, events: usize) -> Result<Relayed,
         let (relay, stop) = (relay.clone(), stop.clone());
         tokio::spawn(async move { relay.run(&publisher, stop).await })
     };
-    let db = Database::new(settings.relay.database_url.as_deref().unwrap_or_default(), "warren bench")
-        .map_err(db_err)?;
+    let db = Database::new(
+        settings.relay.database_url.as_deref().unwrap_or_default(),
+        "warren bench",
+    )
+    .map_err(db_err)?;
     let started = Instant::now();
     let inserted = insert_all(&db, &settings.relay.table, events, &clock).await;
     let insert_elapsed = started.elapsed();
@@ -192,7 +198,9 @@ impl Clock {
             return;
         };
         if let Some(slot) = self.handled.get(seq)
-            && slot.compare_exchange(0, self.now(), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && slot
+                .compare_exchange(0, self.now(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
