@@ -121,6 +121,9 @@ async fn serve(settings: &Settings, shutdown: CancellationToken) -> anyhow::Resu
     Ok(relayed?)
 }
 
+/// The relay task of `warren run --relay`.
+pub type Relaying = tokio::task::JoinHandle<anyhow::Result<()>>;
+
 /// Starts the relay of `warren run --relay` in the background: its result
 /// comes through the handle, and it stops with `shutdown`.
 ///
@@ -130,10 +133,7 @@ async fn serve(settings: &Settings, shutdown: CancellationToken) -> anyhow::Resu
 pub fn spawn(
     settings: &Settings,
     shutdown: CancellationToken,
-) -> anyhow::Result<(
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-    Arc<dyn warren::http::Readiness>,
-)> {
+) -> anyhow::Result<(Relaying, Arc<dyn warren::http::Readiness>)> {
     let relay = Relay::new(&settings.relay)?;
     let publisher = Publisher::start(settings, "relay");
     let ready = readiness(&relay);
