@@ -65,7 +65,8 @@ class OutboxTest(unittest.TestCase):
         )
         self.env.pop("DATABASE_URL", None)
         self.processes = []
-        self.db = psycopg.connect(DATABASE_URL)
+        # Autocommit: each `with transaction()` is a real one, and reads hold none open.
+        self.db = psycopg.connect(DATABASE_URL, autocommit=True)
         ddl = subprocess.run([WARREN, "relay", "schema"], env=self.env, check=True,
                              capture_output=True, text=True).stdout
         with self.db.transaction():
