@@ -8,6 +8,7 @@
 //! # Layout
 //!
 //! - [`event`]: the wire contract: [`Envelope`], the [`Event`] trait, the known types.
+//! - [`schema`]: the contract's JSON Schema (draft-07), derived from the types.
 //! - [`config`]: layered [`Settings`] (defaults < `warren.toml` < `.env` < environment).
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
 //! - [`uri`]: AMQP URIs: parsing, checking, the vhost, password redaction.
@@ -18,7 +19,7 @@
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 //!
-//! Modules import "down" only: `event`, `uri`, `metrics` < `config` <
+//! Modules import "down" only: `schema` < `event`, `uri`, `metrics` < `config` <
 //! `topology` < `amqp` < `publisher` < `consumer`, `http` < `webhook`
 //! (tests/module_graph.rs keeps it so).
 //!
@@ -42,6 +43,7 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod publisher;
+pub mod schema;
 pub mod topology;
 pub mod uri;
 #[cfg(feature = "webhook")]
@@ -50,6 +52,9 @@ pub mod webhook;
 pub use config::Settings;
 pub use event::{Envelope, Event, UserLogin, UserRegistered};
 pub use publisher::{PublishError, Publisher};
+/// The `schemars` warren derives its schemas with: an [`Event`] type derives
+/// `JsonSchema` from it (`#[schemars(crate = "warren::schemars")]`).
+pub use schemars;
 pub use topology::Topology;
 
 /// The Rust snippets of the README and docs/ compile (as doctests).

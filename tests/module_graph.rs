@@ -7,6 +7,7 @@ use std::path::Path;
 
 /// Lowest layer first. A new module goes in the layer under everything that uses it.
 const LAYERS: &[&[&str]] = &[
+    &["schema"],
     &["event", "uri", "metrics"],
     &["config"],
     &["topology"],

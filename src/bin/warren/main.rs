@@ -4,6 +4,7 @@
 //! bench's HTTP client, nor the allocator chosen here.
 
 mod bench;
+mod contract;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,12 @@ enum Command {
     Topology(TopologyCommand),
     /// Print the effective settings as TOML, with passwords and tokens redacted.
     Config,
+    /// Print the JSON Schema (draft-07) of an event type's envelope, or of
+    /// any known event when no type is given. Generated from warren's types.
+    Schema {
+        /// Event type: user.registered, user.login.
+        event_type: Option<String>,
+    },
     /// Run the consumer service: one work queue per event type, handled, acked,
     /// retried through the delay queues, or parked in the dead-letter queues.
     ///
@@ -194,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Config => print!("{}", settings.redacted_toml()),
+        Command::Schema { event_type } => print!("{}", contract::schema(event_type.as_deref())?),
         Command::Consume { handler } => {
             let shutdown = shutdown_on_signal();
             consumer(settings, handler.handler)?.run(shutdown).await?;

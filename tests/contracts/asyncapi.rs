@@ -1,0 +1,1 @@
+//! `warren asyncapi` (filled in below).
