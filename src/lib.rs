@@ -18,9 +18,10 @@
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
+//! - [`asyncapi`]: the deployment as an AsyncAPI 3.0 document (channels, queues, message schemas).
 //!
 //! Modules import "down" only: `schema` < `event`, `uri`, `metrics` < `config` <
-//! `topology` < `amqp` < `publisher` < `consumer`, `http` < `webhook`
+//! `topology` < `amqp` < `publisher` < `consumer`, `http` < `webhook`, `asyncapi`
 //! (tests/module_graph.rs keeps it so).
 //!
 //! The `warren` command (its subcommands, the `bench` load generator and the
@@ -36,6 +37,7 @@
 //! `default-features = false` and gets neither clap, nor an HTTP stack.
 
 pub mod amqp;
+pub mod asyncapi;
 pub mod config;
 pub mod consumer;
 pub mod event;

@@ -1,6 +1,6 @@
 //! The contracts warren hands to other teams' tools, checked with those
-//! tools: `warren schema` with Python's `jsonschema` (compose/schema.rs), and
-//! `warren asyncapi` with the AsyncAPI parser from npm (compose/asyncapi.rs).
+//! tools: `warren schema` with Python's `jsonschema` (contracts/schema.rs), and
+//! `warren asyncapi` with the AsyncAPI parser from npm (contracts/asyncapi.rs).
 //! A missing tool fails the test with the command that installs it.
 
 #[path = "contracts/asyncapi.rs"]
@@ -19,11 +19,17 @@ pub(crate) fn repo(rel: &str) -> PathBuf {
 
 /// Runs `warren ARGS` with no settings but the defaults; panics unless it succeeds.
 pub(crate) fn warren(args: &[&str]) -> String {
+    warren_with(args, &[])
+}
+
+/// Runs `warren ARGS` with only `env` set; panics unless it succeeds.
+pub(crate) fn warren_with(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(args)
         .current_dir(std::env::temp_dir())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .output()
         .expect("run warren");
     assert!(out.status.success(), "warren {args:?}: {}", text(&out.stderr));

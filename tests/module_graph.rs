@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["amqp"],
     &["publisher"],
     &["consumer", "http"],
-    &["webhook"],
+    &["webhook", "asyncapi"],
 ];
 
 /// Macros exported at the crate root, by the module that defines them.

@@ -22,3 +22,19 @@ pub fn schema(event_type: Option<&str>) -> anyhow::Result<String> {
     text.push('\n');
     Ok(text)
 }
+
+/// The AsyncAPI 3.0 document of the deployment `settings` describe, as YAML
+/// (or JSON).
+///
+/// # Errors
+///
+/// None today; fallible like the other commands' output.
+pub fn asyncapi(settings: &warren::Settings, json: bool) -> anyhow::Result<String> {
+    let document = warren::asyncapi::document(settings);
+    if json {
+        let mut text = serde_json::to_string_pretty(&document)?;
+        text.push('\n');
+        return Ok(text);
+    }
+    Ok(warren::asyncapi::to_yaml(&document))
+}

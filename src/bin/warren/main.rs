@@ -74,6 +74,13 @@ enum Command {
         /// Event type: user.registered, user.login.
         event_type: Option<String>,
     },
+    /// Print the AsyncAPI 3.0 document of this deployment (exchange, routing
+    /// keys, queues, retry tiers, dead letters, message schemas) as YAML.
+    Asyncapi {
+        /// JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the consumer service: one work queue per event type, handled, acked,
     /// retried through the delay queues, or parked in the dead-letter queues.
     ///
@@ -202,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config => print!("{}", settings.redacted_toml()),
         Command::Schema { event_type } => print!("{}", contract::schema(event_type.as_deref())?),
+        Command::Asyncapi { json } => print!("{}", contract::asyncapi(&settings, json)?),
         Command::Consume { handler } => {
             let shutdown = shutdown_on_signal();
             consumer(settings, handler.handler)?.run(shutdown).await?;
