@@ -17,10 +17,13 @@
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
+//! - [`process_metrics`]: the process's CPU, memory and file descriptors for `/metrics`.
+//! - [`readiness`]: the readiness of a service's parts, which `/readyz` reports.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 //! - [`asyncapi`]: the deployment as an AsyncAPI 3.0 document (channels, queues, message schemas).
 //!
-//! Modules import "down" only: `schema` < `event`, `uri`, `metrics` < `config` <
+//! Modules import "down" only: `schema` < `event`, `uri`, `metrics`,
+//! `process_metrics`, `readiness` < `config` <
 //! `topology` < `amqp` < `publisher` < `consumer`, `http` < `webhook`, `asyncapi`
 //! (tests/module_graph.rs keeps it so).
 //!
@@ -44,7 +47,9 @@ pub mod event;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod metrics;
+pub mod process_metrics;
 pub mod publisher;
+pub mod readiness;
 pub mod schema;
 pub mod topology;
 pub mod uri;

@@ -16,6 +16,11 @@
 //! | [`BROKER_CONNECTED`] | gauge | `role` = `publisher` \| `consumer` \| `ingress` |
 //! | [`BROKER_BLOCKED`] | gauge | none |
 //! | [`STALE_ACKS_TOTAL`] | counter | `queue` |
+//! | [`BUILD_INFO`] | gauge (always 1) | `version` |
+//!
+//! [`BUILD_INFO`] and [`BROKER_BLOCKED`] (0) are set by [`install`], so they
+//! are there before anything happens; [`crate::process_metrics`] adds the
+//! process's CPU, memory and file descriptors at each scrape.
 //! | [`WEBHOOK_REQUESTS_TOTAL`] | counter | `outcome` = `ok` \| `transient` \| `permanent` |
 //! | [`WEBHOOK_DURATION_SECONDS`] | histogram | none |
 
@@ -48,6 +53,9 @@ pub const BROKER_BLOCKED: &str = "warren_broker_blocked";
 /// Acks that could not be sent because their channel had died (the broker
 /// redelivers those messages), by `queue`.
 pub const STALE_ACKS_TOTAL: &str = "warren_stale_acks_total";
+
+/// Always 1, labelled with the running `version`.
+pub const BUILD_INFO: &str = "warren_build_info";
 
 /// Histogram buckets (seconds) of every `*_seconds` metric: 0.5 ms to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -84,6 +92,9 @@ fn install_once() -> Result<PrometheusHandle, InstallError> {
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| InstallError(e.to_string()))?;
     describe();
+    // Present from the first scrape, not only once something happens.
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(BROKER_BLOCKED).set(0.0);
     let upkeep = handle.clone();
     std::thread::Builder::new()
         .name("warren-metrics-upkeep".into())
@@ -146,6 +157,7 @@ fn describe() {
         BROKER_BLOCKED,
         "1 while RabbitMQ blocks publishing (memory or disk alarm), else 0."
     );
+    describe_gauge!(BUILD_INFO, "Always 1, labelled with the running warren version.");
     describe_counter!(
         STALE_ACKS_TOTAL,
         Unit::Count,
@@ -168,6 +180,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# HELP warren_published_total"), "{text}");
+        let version = format!(r#"warren_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&version), "{text}");
+        assert!(
+            text.contains("\nwarren_broker_blocked 0"),
+            "present before any alarm: {text}"
+        );
         assert!(
             a.render().contains("warren_published_total"),
             "both handles render the one global registry"

@@ -56,6 +56,7 @@ use crate::amqp::{self, Backoff, ConnectOptions};
 use crate::config::Settings;
 use crate::event::Event;
 use crate::publisher::Publisher;
+use crate::readiness::Readiness;
 use crate::topology::{Topology, TopologyError};
 
 /// Why the consumer service stopped.
@@ -73,7 +74,12 @@ pub enum ConsumerError {
 pub struct Consumer {
     settings: Settings,
     routes: Vec<(Arc<dyn Route>, Limits)>,
+    /// Its connection (`consumer`) and each queue's consumer (`queue <name>`).
+    readiness: Readiness,
 }
+
+/// The readiness part of the consumer's connection.
+const CONNECTION: &str = "consumer";
 
 impl Consumer {
     /// A consumer with no handlers yet.
@@ -82,7 +88,17 @@ impl Consumer {
         Self {
             settings,
             routes: Vec::new(),
+            readiness: Readiness::new(),
         }
+    }
+
+    /// Reports the connection and each queue's consumer to `readiness`
+    /// (what `/readyz` shows); not ready until connected.
+    #[must_use]
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        readiness.set(CONNECTION, false, "not started");
+        self.readiness = readiness;
+        self
     }
 
     /// Handles event type `E` with the default prefetch and concurrency.
@@ -148,27 +164,32 @@ impl Consumer {
         }
         let topology = Arc::new(self.topology());
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
-        loop {
+        metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
+        self.readiness.set(CONNECTION, false, "connecting");
+        let result = loop {
             match self.session(&topology, &shutdown).await {
-                Ok(()) => return Ok(()),
-                Err(SessionError::Fatal(e)) => return Err(e),
+                Ok(()) => break Ok(()),
+                Err(SessionError::Fatal(e)) => break Err(e),
                 Err(SessionError::Lost { reason, connected }) => {
                     if connected {
                         backoff.reset();
                     }
                     metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
+                    self.readiness.set(CONNECTION, false, format!("reconnecting: {reason}"));
                     let wait = backoff.next_delay();
                     warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
                     tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
+                        () = shutdown.cancelled() => break Ok(()),
                         () = tokio::time::sleep(wait) => {}
                     }
                 }
             }
             if shutdown.is_cancelled() {
-                return Ok(());
+                break Ok(());
             }
-        }
+        };
+        self.readiness.set(CONNECTION, false, "stopped");
+        result
     }
 
     /// One connection's life: connect and declare, run a worker per queue
@@ -176,6 +197,7 @@ impl Consumer {
     async fn session(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), SessionError> {
         let (conn, republisher) = self.connect(topology).await?;
         metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
+        self.readiness.set(CONNECTION, true, "connected");
         info!(
             service = self.settings.consumer.service,
             queues = self.routes.len(),
@@ -237,6 +259,7 @@ impl Consumer {
                 },
                 republisher: republisher.clone(),
                 shutdown_timeout: self.settings.consumer.shutdown_timeout,
+                readiness: self.readiness.clone(),
             };
             let (conn, stop) = (conn.clone(), stop.clone());
             workers.spawn(async move { worker.run(&conn, stop).await });

@@ -29,6 +29,7 @@ mod error;
 mod health;
 mod ingress;
 mod middleware;
+mod probes;
 mod sink;
 
 use std::sync::Arc;
@@ -42,7 +43,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngressSettings;
+use crate::readiness::Readiness;
 pub use error::RETRY_AFTER_SECS;
+pub use probes::{probes_router, serve_probes};
 pub use sink::EventSink;
 
 /// What the handlers share: the sink, the ingress settings and, when this
@@ -59,6 +62,7 @@ struct Shared {
     settings: IngressSettings,
     metrics: Option<PrometheusHandle>,
     requests: Arc<middleware::RequestMetrics>,
+    readiness: Readiness,
 }
 
 impl AppState {
@@ -73,6 +77,7 @@ impl AppState {
                 settings: settings.clone(),
                 metrics: None,
                 requests: Arc::default(),
+                readiness: Readiness::new(),
             }),
         }
     }
@@ -85,6 +90,21 @@ impl AppState {
         Self {
             inner: Arc::new(shared),
         }
+    }
+
+    /// `/readyz` also reports the parts of `readiness` (the consumer that
+    /// runs beside the ingress in `warren run`).
+    #[must_use]
+    pub fn with_readiness(self, readiness: Readiness) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.inner);
+        shared.readiness = readiness;
+        Self {
+            inner: Arc::new(shared),
+        }
+    }
+
+    fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
     }
 
     fn sink(&self) -> &dyn EventSink {

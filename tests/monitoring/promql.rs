@@ -87,8 +87,7 @@ fn identifiers(text: &str) -> Vec<(String, Option<char>)> {
 fn drop_label_lists(text: &str) -> String {
     let mut out = text.to_owned();
     for kw in LABEL_LISTS {
-        loop {
-            let Some(at) = find_clause(&out, kw) else { break };
+        while let Some(at) = find_clause(&out, kw) {
             let open = at + out[at..].find('(').expect("a clause's list");
             let close = open + out[open..].find(')').expect("a closed list");
             out.replace_range(at..=close, " ");

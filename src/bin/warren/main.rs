@@ -5,6 +5,7 @@
 
 mod bench;
 mod contract;
+mod probes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use warren::config::{Loaded, Sources};
 use warren::consumer::{Consumer, LogHandler};
 use warren::event::{EventType, RawEnvelope};
+use warren::readiness::Readiness;
 use warren::{Publisher, Settings, Topology};
 
 /// mimalloc instead of glibc's malloc: the ingress and the consumer allocate
@@ -36,11 +38,14 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Write logs (stderr) as JSON lines; filter them with RUST_LOG.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = LOG_JSON_VAR, value_parser = clap::builder::BoolishValueParser::new())]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
+
+/// Switches JSON logs on like `--log-json`: `WARREN_LOG_JSON=1` (or `true`).
+const LOG_JSON_VAR: &str = "WARREN_LOG_JSON";
 
 #[derive(Subcommand)]
 enum Command {
@@ -84,7 +89,8 @@ enum Command {
     /// Run the consumer service: one work queue per event type, handled, acked,
     /// retried through the delay queues, or parked in the dead-letter queues.
     ///
-    /// Declares the topology first. Stops cleanly on SIGINT/SIGTERM: no new
+    /// Declares the topology first. Serves /healthz, /readyz and /metrics on
+    /// metrics.listen when it is set. Stops cleanly on SIGINT/SIGTERM: no new
     /// deliveries, in-flight handlers get consumer.shutdown_timeout to finish.
     Consume {
         #[command(flatten)]
@@ -170,7 +176,8 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
     let sources = Sources {
         file: cli.config.clone(),
         dir: std::env::current_dir().context("reading the working directory")?,
-        env: std::env::vars().collect(),
+        // WARREN_LOG_JSON is the command line's, not a setting.
+        env: std::env::vars().filter(|(k, _)| k != LOG_JSON_VAR).collect(),
     };
     let Loaded { settings, warnings } = Settings::load(&sources)?;
     for w in warnings {
@@ -212,16 +219,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Asyncapi { json } => print!("{}", contract::asyncapi(&settings, json)?),
         Command::Consume { handler } => {
             let shutdown = shutdown_on_signal();
-            consumer(settings, handler.handler)?.run(shutdown).await?;
+            let consumer = consumer(settings.clone(), handler.handler)?;
+            probes::consume(&settings, consumer, shutdown).await?;
         }
         Command::Ingress => {
             let shutdown = shutdown_on_signal();
-            ingress(&settings, shutdown).await?;
+            ingress(&settings, shutdown, Readiness::new()).await?;
         }
         Command::Run { handler } => {
             let shutdown = shutdown_on_signal();
             warren::metrics::install()?;
-            let consumer = consumer(settings.clone(), handler.handler)?;
+            // /readyz of the ingress also reports the consumer.
+            let readiness = Readiness::new();
+            let consumer = consumer(settings.clone(), handler.handler)?.with_readiness(readiness.clone());
             let stop = shutdown.clone();
             // Whichever ends first (a signal, or a fatal error) stops the other.
             let consuming = tokio::spawn(async move {
@@ -229,7 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 stop.cancel();
                 result
             });
-            let serving = ingress(&settings, shutdown.clone()).await;
+            let serving = ingress(&settings, shutdown.clone(), readiness).await;
             shutdown.cancel();
             let consumed = consuming.await.context("consumer task")?;
             serving?;
@@ -258,10 +268,11 @@ fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
 /// Serves the ingress (and metrics) until `shutdown`; the publisher connects
 /// in the background so /healthz answers and /readyz says 503 while the
 /// broker is down.
-async fn ingress(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Readiness) -> anyhow::Result<()> {
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
-    let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress);
+    let state =
+        warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress).with_readiness(readiness);
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;
