@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warren::consumer::{Consumer, Context, HandlerError, headers};
+use warren::readiness::Readiness;
 use warren::{Envelope, Publisher, Settings, UserRegistered};
 
 type Seen = Arc<Mutex<Vec<(Uuid, u32, Instant)>>>;
@@ -23,10 +24,23 @@ fn count(seen: &Seen) -> usize {
 }
 
 /// Starts `consumer`; returns the token that stops it and its join handle.
-fn start(consumer: Consumer) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+/// Runs `consumer` in a task; returns once it has declared its topology and
+/// consumes every queue (its readiness says so), however loaded the machine.
+async fn start(consumer: Consumer) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let token = CancellationToken::new();
     let t = token.clone();
+    let readiness = Readiness::new();
+    let consumer = consumer.with_readiness(readiness.clone());
     let handle = tokio::spawn(async move { consumer.run(t).await.expect("consumer ran") });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !readiness.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer not ready: {:?}",
+            readiness.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     (token, handle)
 }
 
@@ -63,7 +77,7 @@ async fn a_thousand_events_are_each_handled_once_and_acked() {
     let topology = consumer.topology();
     // Every type's queues (the consumer's topology has only the one it handles).
     let declared = support::declare(&conn, &s).await;
-    let (token, handle) = start(consumer);
+    let (token, handle) = start(consumer).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let events: Vec<_> = (0..1000).map(support::registered).collect();
     for r in publisher.publish_batch(&events).await {
@@ -108,7 +122,7 @@ async fn a_handler_failing_twice_succeeds_on_attempt_three_after_the_tier_delays
         }
     });
     let topology = consumer.topology();
-    let (token, handle) = start(consumer);
+    let (token, handle) = start(consumer).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // declared by the consumer
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let event = support::registered(1);
@@ -156,7 +170,7 @@ async fn always_failing_ends_in_dead_with_headers_and_permanent_goes_straight_th
         }
     });
     let topology = consumer.topology();
-    let (token, handle) = start(consumer);
+    let (token, handle) = start(consumer).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let (failing, banned) = (support::registered(1), support::registered(666));
@@ -214,7 +228,7 @@ async fn garbage_and_invalid_bodies_go_to_dead_byte_for_byte_and_the_next_event_
     let seen = seen();
     let consumer = Consumer::new(s.clone()).on(recorder(&seen));
     let topology = consumer.topology();
-    let (token, handle) = start(consumer);
+    let (token, handle) = start(consumer).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let x = &s.topology.exchange;
     let garbage: &[u8] = b"\x00\xffnot json at all";
@@ -271,7 +285,7 @@ async fn a_panicking_handler_is_retried_and_the_service_goes_on() {
         }
     });
     let topology = consumer.topology();
-    let (token, handle) = start(consumer);
+    let (token, handle) = start(consumer).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let events: Vec<_> = (0..20).map(support::registered).collect();
@@ -301,8 +315,8 @@ async fn retries_of_one_service_never_reach_another_bound_to_the_same_key() {
         .on(|_e: Envelope<UserRegistered>, _c: Context| async { Err(HandlerError::transient("down")) });
     let b = Consumer::new(healthy.clone()).on(recorder(&seen_b));
     let (ta, tb) = (a.topology(), b.topology());
-    let (token_a, handle_a) = start(a);
-    let (token_b, handle_b) = start(b);
+    let (token_a, handle_a) = start(a).await;
+    let (token_b, handle_b) = start(b).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let publisher = Publisher::connect(&failing, "tests").await.unwrap();
     let events: Vec<_> = (0..10).map(support::registered).collect();
@@ -399,7 +413,7 @@ impl SlowRun {
             work_queue,
             declared,
             events,
-            running: Some(start(consumer)),
+            running: Some(start(consumer).await),
         }
     }
 

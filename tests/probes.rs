@@ -203,6 +203,12 @@ fn warren_consume_without_a_broker_is_alive_but_not_ready() {
     let (_, body) = poll(&metrics, "/readyz", |status, _| status == 503);
     let json: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["checks"]["consumer"]["ready"], false, "{body}");
+    let queue = format!("queue {}.user.login", s.consumer.service);
+    assert_eq!(
+        json["checks"][queue.as_str()]["ready"],
+        false,
+        "each queue is a part from the start: {body}"
+    );
     assert_eq!(poll(&metrics, "/healthz", |_, _| true).0, 200, "alive all the same");
     let (_, text) = poll(&metrics, "/metrics", |status, _| status == 200);
     assert!(

@@ -81,6 +81,11 @@ pub struct Consumer {
 /// The readiness part of the consumer's connection.
 const CONNECTION: &str = "consumer";
 
+/// The readiness part of the consumer of work queue `queue`.
+fn queue_part(queue: &str) -> String {
+    format!("queue {queue}")
+}
+
 impl Consumer {
     /// A consumer with no handlers yet.
     #[must_use]
@@ -166,6 +171,11 @@ impl Consumer {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
         metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
         self.readiness.set(CONNECTION, false, "connecting");
+        // Every queue is a part from the start: connected is not yet consuming.
+        for (route, _) in &self.routes {
+            let part = queue_part(&topology.work_queue(route.event_type()));
+            self.readiness.set(&part, false, "not consuming yet");
+        }
         let result = loop {
             match self.session(&topology, &shutdown).await {
                 Ok(()) => break Ok(()),

@@ -63,7 +63,7 @@ impl Worker {
             queue: queue.clone(),
             reason,
         };
-        let part = format!("queue {queue}");
+        let part = super::queue_part(&queue);
         let opened = open(conn, &queue, self.limits.prefetch).await;
         let (channel, mut deliveries) = opened.map_err(|e| {
             self.readiness.set(&part, false, e.clone());
