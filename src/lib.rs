@@ -12,6 +12,7 @@
 //! - [`config`]: layered [`Settings`] (defaults < `warren.toml` < `.env` < environment).
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
 //! - [`uri`]: AMQP URIs: parsing, checking, the vhost, password redaction.
+//! - [`secrets`]: scrubbing secrets, in every encoding, out of log lines.
 //! - [`amqp`]: connecting (named connections, heartbeats), the reconnect backoff.
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
@@ -22,7 +23,7 @@
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 //! - [`asyncapi`]: the deployment as an AsyncAPI 3.0 document (channels, queues, message schemas).
 //!
-//! Modules import "down" only: `schema` < `event`, `uri`, `metrics`,
+//! Modules import "down" only: `schema` < `event`, `uri`, `secrets`, `metrics`,
 //! `process_metrics`, `readiness` < `config` <
 //! `topology` < `amqp` < `publisher` < `consumer`, `http` < `webhook`, `asyncapi`
 //! (tests/module_graph.rs keeps it so).
@@ -51,6 +52,7 @@ pub mod process_metrics;
 pub mod publisher;
 pub mod readiness;
 pub mod schema;
+pub mod secrets;
 pub mod topology;
 pub mod uri;
 #[cfg(feature = "webhook")]
