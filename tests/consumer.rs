@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warren::consumer::{Consumer, Context, HandlerError, headers};
-use warren::readiness::Readiness;
 use warren::{Envelope, Publisher, Settings, UserRegistered};
 
 type Seen = Arc<Mutex<Vec<(Uuid, u32, Instant)>>>;
@@ -24,23 +23,15 @@ fn count(seen: &Seen) -> usize {
 }
 
 /// Starts `consumer`; returns the token that stops it and its join handle.
-/// Runs `consumer` in a task; returns once it has declared its topology and
-/// consumes every queue (its readiness says so), however loaded the machine.
+/// Runs `consumer` until the token is cancelled; returns once it consumes
+/// from every one of its work queues.
 async fn start(consumer: Consumer) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let topology = consumer.topology();
+    let queues: Vec<_> = topology.event_types.iter().map(|t| topology.work_queue(t)).collect();
     let token = CancellationToken::new();
     let t = token.clone();
-    let readiness = Readiness::new();
-    let consumer = consumer.with_readiness(readiness.clone());
     let handle = tokio::spawn(async move { consumer.run(t).await.expect("consumer ran") });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !readiness.is_ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "consumer not ready: {:?}",
-            readiness.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_consuming(&queues, Duration::from_secs(20)).await;
     (token, handle)
 }
 
@@ -123,7 +114,6 @@ async fn a_handler_failing_twice_succeeds_on_attempt_three_after_the_tier_delays
     });
     let topology = consumer.topology();
     let (token, handle) = start(consumer).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // declared by the consumer
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let event = support::registered(1);
     publisher.publish(&event).await.unwrap();
@@ -171,7 +161,6 @@ async fn always_failing_ends_in_dead_with_headers_and_permanent_goes_straight_th
     });
     let topology = consumer.topology();
     let (token, handle) = start(consumer).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let (failing, banned) = (support::registered(1), support::registered(666));
     publisher.publish(&failing).await.unwrap();
@@ -229,7 +218,6 @@ async fn garbage_and_invalid_bodies_go_to_dead_byte_for_byte_and_the_next_event_
     let consumer = Consumer::new(s.clone()).on(recorder(&seen));
     let topology = consumer.topology();
     let (token, handle) = start(consumer).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let x = &s.topology.exchange;
     let garbage: &[u8] = b"\x00\xffnot json at all";
     let invalid = br#"{"event_type":"user.registered","source":"s","user_id":1,"data":{"user_id":1,"username":"a","email":"nope","registration_timestamp":"2025-01-20T10:30:00Z"}}"#;
@@ -286,7 +274,6 @@ async fn a_panicking_handler_is_retried_and_the_service_goes_on() {
     });
     let topology = consumer.topology();
     let (token, handle) = start(consumer).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let events: Vec<_> = (0..20).map(support::registered).collect();
     for r in publisher.publish_batch(&events).await {
@@ -317,7 +304,6 @@ async fn retries_of_one_service_never_reach_another_bound_to_the_same_key() {
     let (ta, tb) = (a.topology(), b.topology());
     let (token_a, handle_a) = start(a).await;
     let (token_b, handle_b) = start(b).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let publisher = Publisher::connect(&failing, "tests").await.unwrap();
     let events: Vec<_> = (0..10).map(support::registered).collect();
     for r in publisher.publish_batch(&events).await {
