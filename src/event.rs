@@ -12,8 +12,11 @@
 //! ```
 //! use serde::{Deserialize, Serialize};
 //! use warren::event::{Event, ValidationError};
+//! use warren::schemars::JsonSchema;
 //!
-//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! /// A password reset was asked for.
+//! #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+//! #[schemars(crate = "warren::schemars")]
 //! pub struct UserPasswordReset {
 //!     pub user_id: i64,
 //!     pub requested_at: chrono::DateTime<chrono::Utc>,
@@ -29,18 +32,24 @@
 //! [`for_each_event_type!`](crate::for_each_event_type) so the CLI, the
 //! ingress, the topology and the built-in handlers know it. Consumers handle
 //! it with `.on(|e: Envelope<UserPasswordReset>, ctx| …)`.
+//!
+//! The derived `JsonSchema` is the type's published contract (`warren
+//! schema`, `warren asyncapi`): doc comments become its descriptions, and
+//! checks made in `validate()` are declared with `#[schemars(schema_with =
+//! …)]` using [`crate::schema`]'s patterns where JSON Schema can say them.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// A typed event payload: the `data` object of an [`Envelope`].
-pub trait Event: Serialize + DeserializeOwned + fmt::Debug + Clone + Send + Sync + 'static {
+pub trait Event: Serialize + DeserializeOwned + JsonSchema + fmt::Debug + Clone + Send + Sync + 'static {
     /// The event type, also the routing key: `user.registered`.
     const TYPE: &'static str;
 
@@ -58,11 +67,17 @@ pub trait Event: Serialize + DeserializeOwned + fmt::Debug + Clone + Send + Sync
 }
 
 /// `user.registered`: a new account.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UserRegistered {
+    /// Equal to the envelope's `user_id`.
     pub user_id: i64,
+    /// Not blank.
+    #[schemars(schema_with = "crate::schema::not_blank")]
     pub username: String,
+    #[schemars(schema_with = "crate::schema::email")]
     pub email: String,
+    /// RFC 3339.
+    #[schemars(schema_with = "crate::schema::date_time")]
     pub registration_timestamp: DateTime<Utc>,
 }
 
@@ -88,13 +103,18 @@ impl Event for UserRegistered {
 }
 
 /// `user.login`: a successful sign-in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UserLogin {
+    /// Equal to the envelope's `user_id`.
     pub user_id: i64,
     pub username: String,
+    #[schemars(schema_with = "crate::schema::email")]
     pub email: String,
+    /// RFC 3339.
+    #[schemars(schema_with = "crate::schema::date_time")]
     pub login_timestamp: DateTime<Utc>,
     /// IPv4 or IPv6; anything else fails to parse.
+    #[schemars(schema_with = "crate::schema::ip_address")]
     pub ip_address: IpAddr,
 }
 
@@ -140,6 +160,7 @@ pub struct EventType {
     /// `event_type` / routing key.
     pub name: &'static str,
     check: fn(&RawValue) -> Result<i64, ValidationError>,
+    schema: fn() -> serde_json::Value,
 }
 
 impl fmt::Debug for EventType {
@@ -155,7 +176,21 @@ impl EventType {
         Self {
             name: E::TYPE,
             check: check_data::<E>,
+            schema: envelope_schema::<E>,
         }
+    }
+
+    /// The JSON Schema (draft-07) of this type's envelope, self-contained.
+    #[must_use]
+    pub fn schema(&self) -> serde_json::Value {
+        (self.schema)()
+    }
+
+    /// One JSON Schema for a body of any known type (`oneOf` the envelopes).
+    #[must_use]
+    pub fn all_schemas() -> serde_json::Value {
+        let types: Vec<_> = EVENT_TYPES.iter().map(|t| (t.name, t.schema())).collect();
+        crate::schema::any_of_envelopes(&types)
     }
 
     /// Looks up a known event type by name.
@@ -180,6 +215,10 @@ impl EventType {
     }
 }
 
+fn envelope_schema<E: Event>() -> serde_json::Value {
+    crate::schema::envelope::<Envelope<E>>(E::TYPE, &format!("{} event", E::TYPE))
+}
+
 fn check_data<E: Event>(data: &RawValue) -> Result<i64, ValidationError> {
     // Fast path; only data that does not fit pays for tracking the path.
     let typed: E = match serde_json::from_str(data.get()) {
@@ -196,17 +235,30 @@ fn check_data<E: Event>(data: &RawValue) -> Result<i64, ValidationError> {
     Ok(typed.user_id())
 }
 
-/// The message body: metadata plus the typed payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The message body: metadata plus the typed payload. Unknown fields are
+/// ignored. `data.user_id` must equal `user_id` (a rule JSON Schema cannot
+/// express: warren rejects a mismatch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Envelope<E> {
     /// Idempotency key; a UUIDv7 is made when the input has none.
     #[serde(default = "Uuid::now_v7")]
+    #[schemars(
+        schema_with = "crate::schema::uuid",
+        skip_serializing_if = "crate::schema::made_on_parse"
+    )]
     pub event_id: Uuid,
     pub event_type: String,
-    /// When the event happened; now when the input has none.
+    /// When the event happened (RFC 3339); now when the input has none.
     #[serde(default = "now")]
+    #[schemars(
+        schema_with = "crate::schema::date_time",
+        skip_serializing_if = "crate::schema::made_on_parse"
+    )]
     pub timestamp: DateTime<Utc>,
+    /// The publishing service (AMQP `app_id`); not blank.
+    #[schemars(schema_with = "crate::schema::not_blank")]
     pub source: String,
+    /// The user the event is about; `data.user_id` must be equal.
     pub user_id: i64,
     pub data: E,
 }

@@ -8,6 +8,7 @@
 //! # Layout
 //!
 //! - [`event`]: the wire contract: [`Envelope`], the [`Event`] trait, the known types.
+//! - [`schema`]: the contract's JSON Schema (draft-07), derived from the types.
 //! - [`config`]: layered [`Settings`] (defaults < `warren.toml` < `.env` < environment).
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
 //! - [`uri`]: AMQP URIs: parsing, checking, the vhost, password redaction.
@@ -18,10 +19,14 @@
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`relay`]: the PostgreSQL transactional outbox relay (feature `relay`).
+//! - [`process_metrics`]: the process's CPU, memory and file descriptors for `/metrics`.
+//! - [`readiness`]: the readiness of a service's parts, which `/readyz` reports.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
+//! - [`asyncapi`]: the deployment as an AsyncAPI 3.0 document (channels, queues, message schemas).
 //!
-//! Modules import "down" only: `event`, `uri`, `secrets`, `metrics` < `config` <
-//! `topology` < `amqp` < `publisher` < `consumer`, `http`, `relay` < `webhook`
+//! Modules import "down" only: `schema` < `event`, `uri`, `secrets`, `metrics`,
+//! `process_metrics`, `readiness` < `config` < `topology` < `amqp` <
+//! `publisher` < `consumer`, `http`, `relay` < `webhook`, `asyncapi`
 //! (tests/module_graph.rs keeps it so).
 //!
 //! The `warren` command (its subcommands, the `bench` load generator and the
@@ -38,15 +43,19 @@
 //! `default-features = false` and gets neither clap, nor an HTTP stack.
 
 pub mod amqp;
+pub mod asyncapi;
 pub mod config;
 pub mod consumer;
 pub mod event;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod metrics;
+pub mod process_metrics;
 pub mod publisher;
+pub mod readiness;
 #[cfg(feature = "relay")]
 pub mod relay;
+pub mod schema;
 pub mod secrets;
 pub mod topology;
 pub mod uri;
@@ -56,6 +65,9 @@ pub mod webhook;
 pub use config::Settings;
 pub use event::{Envelope, Event, UserLogin, UserRegistered};
 pub use publisher::{PublishError, Publisher};
+/// The `schemars` warren derives its schemas with: an [`Event`] type derives
+/// `JsonSchema` from it (`#[schemars(crate = "warren::schemars")]`).
+pub use schemars;
 pub use topology::Topology;
 
 /// The Rust snippets of the README and docs/ compile (as doctests).

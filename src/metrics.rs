@@ -16,6 +16,11 @@
 //! | [`BROKER_CONNECTED`] | gauge | `role` = `publisher` \| `consumer` \| `ingress` |
 //! | [`BROKER_BLOCKED`] | gauge | none |
 //! | [`STALE_ACKS_TOTAL`] | counter | `queue` |
+//! | [`BUILD_INFO`] | gauge (always 1) | `version` |
+//!
+//! [`BUILD_INFO`] and [`BROKER_BLOCKED`] (0) are set by [`install`], so they
+//! are there before anything happens; [`crate::process_metrics`] adds the
+//! process's CPU, memory and file descriptors at each scrape.
 //! | [`WEBHOOK_REQUESTS_TOTAL`] | counter | `outcome` = `ok` \| `transient` \| `permanent` |
 //! | [`WEBHOOK_DURATION_SECONDS`] | histogram | none |
 //! | [`RELAY_PUBLISHED_TOTAL`], [`RELAY_FAILED_TOTAL`] | counter | `table` |
@@ -65,6 +70,8 @@ pub const RELAY_FAILED_ROWS: &str = "warren_relay_failed_rows";
 pub const RELAY_DATABASE_UP: &str = "warren_relay_database_up";
 /// 1 while this relay holds the table's lock (the others are standbys), by `table`.
 pub const RELAY_ACTIVE: &str = "warren_relay_active";
+/// Always 1, labelled with the running `version`.
+pub const BUILD_INFO: &str = "warren_build_info";
 
 /// Histogram buckets (seconds) of every `*_seconds` metric: 0.5 ms to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -101,6 +108,9 @@ fn install_once() -> Result<PrometheusHandle, InstallError> {
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| InstallError(e.to_string()))?;
     describe();
+    // Present from the first scrape, not only once something happens.
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(BROKER_BLOCKED).set(0.0);
     let upkeep = handle.clone();
     std::thread::Builder::new()
         .name("warren-metrics-upkeep".into())
@@ -164,6 +174,7 @@ fn describe() {
         "1 while RabbitMQ blocks publishing (memory or disk alarm), else 0."
     );
     describe_relay();
+    describe_gauge!(BUILD_INFO, "Always 1, labelled with the running warren version.");
     describe_counter!(
         STALE_ACKS_TOTAL,
         Unit::Count,
@@ -217,6 +228,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# HELP warren_published_total"), "{text}");
+        let version = format!(r#"warren_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&version), "{text}");
+        assert!(
+            text.contains("\nwarren_broker_blocked 0"),
+            "present before any alarm: {text}"
+        );
         assert!(
             a.render().contains("warren_published_total"),
             "both handles render the one global registry"

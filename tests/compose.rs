@@ -1,7 +1,8 @@
 //! docker-compose.yml without Docker: its services, the files it mounts, its
 //! images, and warren's environment against warren's real settings; then
 //! (in compose/) the broker's rabbitmq.conf and boot definitions against the
-//! local RabbitMQ, and the example receiver run with python3.
+//! local RabbitMQ, the example receiver run with python3, and the
+//! monitoring stack's Prometheus and Grafana files.
 
 mod support;
 
@@ -9,6 +10,8 @@ mod support;
 mod broker;
 #[path = "compose/common.rs"]
 mod common;
+#[path = "compose/monitoring.rs"]
+mod monitoring;
 #[path = "compose/receiver.rs"]
 mod receiver;
 
@@ -20,7 +23,7 @@ use warren::Settings;
 use warren::config::ALIASES;
 
 #[test]
-fn the_three_services_exist() {
+fn every_service_exists() {
     let c = compose();
     let names: BTreeSet<String> = c["services"]
         .as_hash()
@@ -28,7 +31,7 @@ fn the_three_services_exist() {
         .keys()
         .map(scalar)
         .collect();
-    for name in ["rabbitmq", "warren", "receiver"] {
+    for name in ["rabbitmq", "warren", "receiver", "prometheus", "grafana"] {
         assert!(names.contains(name), "no service {name:?} in {names:?}");
     }
 }
@@ -43,7 +46,7 @@ fn every_file_it_references_is_in_the_repository() {
     assert!(dockerfile.is_file(), "{}", dockerfile.display());
 
     let mut binds = 0;
-    for name in ["rabbitmq", "warren", "receiver"] {
+    for name in ["rabbitmq", "warren", "receiver", "prometheus", "grafana"] {
         for m in mounts(service(&c, name)) {
             if m.is_bind() {
                 assert!(

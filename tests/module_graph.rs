@@ -7,13 +7,14 @@ use std::path::Path;
 
 /// Lowest layer first. A new module goes in the layer under everything that uses it.
 const LAYERS: &[&[&str]] = &[
-    &["event", "uri", "secrets", "metrics"],
+    &["schema"],
+    &["event", "uri", "secrets", "metrics", "process_metrics", "readiness"],
     &["config"],
     &["topology"],
     &["amqp"],
     &["publisher"],
     &["consumer", "http", "relay"],
-    &["webhook"],
+    &["webhook", "asyncapi"],
 ];
 
 /// Macros exported at the crate root, by the module that defines them.

@@ -239,25 +239,14 @@ async fn metrics_report_pending_rows_their_age_and_the_published_count() {
     s.finish().await;
 }
 
-/// A readiness check that reads the relay's database health.
-struct Db(warren::relay::RelayHealth);
-
-impl warren::http::Readiness for Db {
-    fn name(&self) -> &'static str {
-        "database"
-    }
-    fn is_ready(&self) -> bool {
-        self.0.database_up()
-    }
-}
-
 #[tokio::test]
 async fn readyz_includes_the_relays_database() {
     use tower::ServiceExt;
     let s = Setup::new("ready", |_| {}).await;
     let publisher = Publisher::connect(&s.settings, "relay test").await.unwrap();
-    let state = warren::http::AppState::new(Arc::new(publisher), &s.settings.ingress)
-        .with_readiness(Arc::new(Db(s.relay.health())));
+    let readiness = warren::readiness::Readiness::new();
+    s.relay.report_to(&readiness);
+    let state = warren::http::AppState::new(Arc::new(publisher), &s.settings.ingress).with_readiness(readiness);
     let readyz = || async {
         let req = axum::http::Request::get("/readyz")
             .body(axum::body::Body::empty())

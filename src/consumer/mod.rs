@@ -46,6 +46,8 @@ use tracing::{error, info, warn};
 pub use handler::{AnyEventHandler, Context, Handler, HandlerError, LogHandler};
 pub use worker::Limits;
 
+// The values of the x-warren-reason header, for the AsyncAPI document.
+pub(crate) use policy::DeadReason;
 use policy::RetryPolicy;
 use route::{Route, Typed, route_for};
 use worker::WorkerLost;
@@ -54,6 +56,7 @@ use crate::amqp::{self, Backoff, ConnectOptions};
 use crate::config::Settings;
 use crate::event::Event;
 use crate::publisher::Publisher;
+use crate::readiness::Readiness;
 use crate::topology::{Topology, TopologyError};
 
 /// Why the consumer service stopped.
@@ -71,6 +74,16 @@ pub enum ConsumerError {
 pub struct Consumer {
     settings: Settings,
     routes: Vec<(Arc<dyn Route>, Limits)>,
+    /// Its connection (`consumer`) and each queue's consumer (`queue <name>`).
+    readiness: Readiness,
+}
+
+/// The readiness part of the consumer's connection.
+const CONNECTION: &str = "consumer";
+
+/// The readiness part of the consumer of work queue `queue`.
+fn queue_part(queue: &str) -> String {
+    format!("queue {queue}")
 }
 
 impl Consumer {
@@ -80,7 +93,17 @@ impl Consumer {
         Self {
             settings,
             routes: Vec::new(),
+            readiness: Readiness::new(),
         }
+    }
+
+    /// Reports the connection and each queue's consumer to `readiness`
+    /// (what `/readyz` shows); not ready until connected.
+    #[must_use]
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        readiness.set(CONNECTION, false, "not started");
+        self.readiness = readiness;
+        self
     }
 
     /// Handles event type `E` with the default prefetch and concurrency.
@@ -146,27 +169,37 @@ impl Consumer {
         }
         let topology = Arc::new(self.topology());
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
-        loop {
+        metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
+        self.readiness.set(CONNECTION, false, "connecting");
+        // Every queue is a part from the start: connected is not yet consuming.
+        for (route, _) in &self.routes {
+            let part = queue_part(&topology.work_queue(route.event_type()));
+            self.readiness.set(&part, false, "not consuming yet");
+        }
+        let result = loop {
             match self.session(&topology, &shutdown).await {
-                Ok(()) => return Ok(()),
-                Err(SessionError::Fatal(e)) => return Err(e),
+                Ok(()) => break Ok(()),
+                Err(SessionError::Fatal(e)) => break Err(e),
                 Err(SessionError::Lost { reason, connected }) => {
                     if connected {
                         backoff.reset();
                     }
                     metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
+                    self.readiness.set(CONNECTION, false, format!("reconnecting: {reason}"));
                     let wait = backoff.next_delay();
                     warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
                     tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
+                        () = shutdown.cancelled() => break Ok(()),
                         () = tokio::time::sleep(wait) => {}
                     }
                 }
             }
             if shutdown.is_cancelled() {
-                return Ok(());
+                break Ok(());
             }
-        }
+        };
+        self.readiness.set(CONNECTION, false, "stopped");
+        result
     }
 
     /// One connection's life: connect and declare, run a worker per queue
@@ -174,6 +207,7 @@ impl Consumer {
     async fn session(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), SessionError> {
         let (conn, republisher) = self.connect(topology).await?;
         metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
+        self.readiness.set(CONNECTION, true, "connected");
         info!(
             service = self.settings.consumer.service,
             queues = self.routes.len(),
@@ -235,6 +269,7 @@ impl Consumer {
                 },
                 republisher: republisher.clone(),
                 shutdown_timeout: self.settings.consumer.shutdown_timeout,
+                readiness: self.readiness.clone(),
             };
             let (conn, stop) = (conn.clone(), stop.clone());
             workers.spawn(async move { worker.run(&conn, stop).await });

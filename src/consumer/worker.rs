@@ -23,6 +23,7 @@ use super::process::{Processor, QueueMetrics};
 use super::route::Route;
 use crate::amqp::describe;
 use crate::publisher::Publisher;
+use crate::readiness::Readiness;
 use crate::topology::Topology;
 
 /// Per-queue limits.
@@ -49,6 +50,8 @@ pub(super) struct Worker {
     pub policy: RetryPolicy,
     pub republisher: Publisher,
     pub shutdown_timeout: Duration,
+    /// Told whether this queue has a consumer (part `queue <name>`).
+    pub readiness: Readiness,
 }
 
 impl Worker {
@@ -60,7 +63,14 @@ impl Worker {
             queue: queue.clone(),
             reason,
         };
-        let (channel, mut deliveries) = open(conn, &queue, self.limits.prefetch).await.map_err(lost)?;
+        let part = super::queue_part(&queue);
+        let opened = open(conn, &queue, self.limits.prefetch).await;
+        let (channel, mut deliveries) = opened.map_err(|e| {
+            self.readiness.set(&part, false, e.clone());
+            lost(e)
+        })?;
+        self.readiness.set(&part, true, "consuming");
+        let readiness = self.readiness.clone();
         info!(
             queue,
             prefetch = self.limits.prefetch,
@@ -81,6 +91,7 @@ impl Worker {
             let _ = channel.close(200, "consumer stopped".into()).await;
         }
         info!(queue, "stopped consuming");
+        readiness.set(&part, false, "stopped consuming");
         result.map_err(lost)
     }
 }

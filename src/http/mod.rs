@@ -29,6 +29,7 @@ mod error;
 mod health;
 mod ingress;
 mod middleware;
+mod probes;
 mod sink;
 
 use std::sync::Arc;
@@ -42,7 +43,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngressSettings;
+use crate::readiness::Readiness;
 pub use error::RETRY_AFTER_SECS;
+pub use probes::{probes_router, serve_probes};
 pub use sink::EventSink;
 
 /// What the handlers share: the sink, the ingress settings and, when this
@@ -53,22 +56,13 @@ pub struct AppState {
     inner: Arc<Shared>,
 }
 
-/// Something besides the sink that `/readyz` waits for (the relay's
-/// database in `warren run --relay`).
-pub trait Readiness: Send + Sync + 'static {
-    /// What it is, for the 503's reason: `database`.
-    fn name(&self) -> &'static str;
-    /// Whether it is reachable now.
-    fn is_ready(&self) -> bool;
-}
-
 #[derive(Clone)]
 struct Shared {
-    readiness: Vec<Arc<dyn Readiness>>,
     sink: Arc<dyn EventSink>,
     settings: IngressSettings,
     metrics: Option<PrometheusHandle>,
     requests: Arc<middleware::RequestMetrics>,
+    readiness: Readiness,
 }
 
 impl AppState {
@@ -79,11 +73,11 @@ impl AppState {
     pub fn new(sink: Arc<dyn EventSink>, settings: &IngressSettings) -> Self {
         Self {
             inner: Arc::new(Shared {
-                readiness: Vec::new(),
                 sink,
                 settings: settings.clone(),
                 metrics: None,
                 requests: Arc::default(),
+                readiness: Readiness::new(),
             }),
         }
     }
@@ -98,19 +92,19 @@ impl AppState {
         }
     }
 
-    /// `/readyz` also answers 503 while `check` is not ready.
+    /// `/readyz` also reports the parts of `readiness` (the consumer that
+    /// runs beside the ingress in `warren run`).
     #[must_use]
-    pub fn with_readiness(self, check: Arc<dyn Readiness>) -> Self {
+    pub fn with_readiness(self, readiness: Readiness) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.inner);
-        shared.readiness.push(check);
+        shared.readiness = readiness;
         Self {
             inner: Arc::new(shared),
         }
     }
 
-    /// The first extra readiness check that fails, by name.
-    fn not_ready(&self) -> Option<&'static str> {
-        self.inner.readiness.iter().find(|c| !c.is_ready()).map(|c| c.name())
+    fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
     }
 
     fn sink(&self) -> &dyn EventSink {

@@ -27,13 +27,15 @@ mod listen;
 mod schema;
 mod upkeep;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::readiness::Readiness;
 
 pub use admin::{FailedRow, OutboxStats, RetrySelection};
 pub use cycle::MAX_UNROUTABLE;
@@ -59,18 +61,35 @@ struct Inner {
     db: Database,
     pool: Pool,
     statements: Statements,
-    database_up: Arc<AtomicBool>,
+    health: RelayHealth,
 }
 
-/// Whether the relay reaches its database, for readiness probes.
-#[derive(Clone)]
-pub struct RelayHealth(Arc<AtomicBool>);
+/// Whether the relay reaches its database, for readiness probes: read here,
+/// and reported as the `database` part of a [`Readiness`] once given one.
+#[derive(Clone, Default)]
+pub struct RelayHealth {
+    up: Arc<AtomicBool>,
+    readiness: Arc<OnceLock<Readiness>>,
+}
+
+/// The relay's part in a service's [`Readiness`].
+const READINESS_PART: &str = "database";
 
 impl RelayHealth {
     /// `true` once a query succeeded and until one fails to reach the server.
     #[must_use]
     pub fn database_up(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the last query reached the database.
+    fn set(&self, up: bool) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        if let Some(readiness) = self.readiness.get()
+            && was != up
+        {
+            readiness.set(READINESS_PART, up, if up { "reachable" } else { "not reachable" });
+        }
     }
 }
 
@@ -96,7 +115,7 @@ impl Relay {
                 table,
                 db,
                 pool,
-                database_up: Arc::new(AtomicBool::new(false)),
+                health: RelayHealth::default(),
             }),
         })
     }
@@ -110,7 +129,17 @@ impl Relay {
     /// A handle on the relay's database health (for `/readyz`).
     #[must_use]
     pub fn health(&self) -> RelayHealth {
-        RelayHealth(self.inner.database_up.clone())
+        self.inner.health.clone()
+    }
+
+    /// Reports the database as the `database` part of `readiness` (not
+    /// ready until a first query succeeds). Only the first call counts.
+    pub fn report_to(&self, readiness: &Readiness) {
+        let health = &self.inner.health;
+        if health.readiness.set(readiness.clone()).is_ok() {
+            let up = health.database_up();
+            readiness.set(READINESS_PART, up, if up { "reachable" } else { "connecting" });
+        }
     }
 
     /// Creates the table, its indexes and trigger (the DDL of [`Table::ddl`]).
@@ -175,7 +204,7 @@ impl Relay {
             inner.pool.clone(),
             inner.table.clone(),
             inner.settings.retention,
-            inner.database_up.clone(),
+            inner.health.clone(),
             stop.clone(),
         ));
         tracing::info!(table = %inner.table.qualified(), "relay started");
@@ -232,12 +261,12 @@ impl<'a> Runner<'a> {
         .await
         {
             Ok(Cycle::Standby) => {
-                inner.database_up.store(true, Ordering::Relaxed);
+                inner.health.set(true);
                 metrics::gauge!(RELAY_ACTIVE, "table" => self.label.clone()).set(0.0);
                 Ok(Some(poll))
             }
             Ok(Cycle::Done(tally)) => {
-                inner.database_up.store(true, Ordering::Relaxed);
+                inner.health.set(true);
                 self.db_backoff.reset();
                 metrics::gauge!(RELAY_ACTIVE, "table" => self.label.clone()).set(1.0);
                 Ok(self.after(&tally, poll))
@@ -247,7 +276,7 @@ impl<'a> Runner<'a> {
                 self.label
             ))),
             Err(e) => {
-                inner.database_up.store(false, Ordering::Relaxed);
+                inner.health.set(false);
                 let wait = self.db_backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?wait, "relay cycle failed in the database: its rows stay pending");
                 Ok(Some(wait))

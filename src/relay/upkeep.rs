@@ -1,15 +1,13 @@
 //! The relay's background upkeep: the gauges operators alert on, and the
 //! deletion of published rows past `relay.retention`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use super::admin;
 use super::schema::Table;
+use super::{RelayHealth, admin};
 use crate::metrics::{RELAY_DATABASE_UP, RELAY_FAILED_ROWS, RELAY_OLDEST_PENDING_AGE_SECONDS, RELAY_PENDING_ROWS};
 
 /// How often the gauges are refreshed and expired rows deleted.
@@ -18,13 +16,7 @@ const EVERY: Duration = Duration::from_secs(2);
 const DELETE_BATCH: i64 = 1000;
 
 /// Runs until `stop`.
-pub(super) async fn run(
-    pool: Pool,
-    table: Table,
-    retention: Duration,
-    database_up: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
+pub(super) async fn run(pool: Pool, table: Table, retention: Duration, health: RelayHealth, stop: CancellationToken) {
     let label = table.qualified();
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -35,7 +27,7 @@ pub(super) async fn run(
         }
         match admin::stats(&pool, &table).await {
             Ok(stats) => {
-                database_up.store(true, Ordering::Relaxed);
+                health.set(true);
                 metrics::gauge!(RELAY_DATABASE_UP, "table" => label.clone()).set(1.0);
                 #[allow(clippy::cast_precision_loss)]
                 {
@@ -46,7 +38,7 @@ pub(super) async fn run(
                     .set(stats.oldest_pending_age_seconds);
             }
             Err(e) => {
-                database_up.store(false, Ordering::Relaxed);
+                health.set(false);
                 metrics::gauge!(RELAY_DATABASE_UP, "table" => label.clone()).set(0.0);
                 tracing::warn!(error = %e, "relay cannot read the outbox's state");
                 continue;

@@ -4,7 +4,9 @@
 //! bench's HTTP client, nor the allocator chosen here.
 
 mod bench;
+mod contract;
 mod logging;
+mod probes;
 mod relay;
 mod show_config;
 
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use warren::config::{Loaded, Sources};
 use warren::consumer::{Consumer, LogHandler};
 use warren::event::{EventType, RawEnvelope};
+use warren::readiness::Readiness;
 use warren::secrets::Scrubber;
 use warren::{Publisher, Settings, Topology};
 
@@ -40,11 +43,14 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Write logs (stderr) as JSON lines; filter them with RUST_LOG.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = LOG_JSON_VAR, value_parser = clap::builder::BoolishValueParser::new())]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
+
+/// Switches JSON logs on like `--log-json`: `WARREN_LOG_JSON=1` (or `true`).
+const LOG_JSON_VAR: &str = "WARREN_LOG_JSON";
 
 #[derive(Subcommand)]
 enum Command {
@@ -78,10 +84,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the JSON Schema (draft-07) of an event type's envelope, or of
+    /// any known event when no type is given. Generated from warren's types.
+    Schema {
+        /// Event type: user.registered, user.login.
+        event_type: Option<String>,
+    },
+    /// Print the AsyncAPI 3.0 document of this deployment (exchange, routing
+    /// keys, queues, retry tiers, dead letters, message schemas) as YAML.
+    Asyncapi {
+        /// JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the consumer service: one work queue per event type, handled, acked,
     /// retried through the delay queues, or parked in the dead-letter queues.
     ///
-    /// Declares the topology first. Stops cleanly on SIGINT/SIGTERM: no new
+    /// Declares the topology first. Serves /healthz, /readyz and /metrics on
+    /// metrics.listen when it is set. Stops cleanly on SIGINT/SIGTERM: no new
     /// deliveries, in-flight handlers get consumer.shutdown_timeout to finish.
     Consume {
         #[command(flatten)]
@@ -177,7 +197,8 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Loaded> {
     let sources = Sources {
         file: cli.config.clone(),
         dir: std::env::current_dir().context("reading the working directory")?,
-        env: std::env::vars().collect(),
+        // WARREN_LOG_JSON is the command line's, not a setting.
+        env: std::env::vars().filter(|(k, _)| k != LOG_JSON_VAR).collect(),
     };
     Ok(Settings::load(&sources)?)
 }
@@ -210,20 +231,27 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
             );
         }
         Command::Config { json } => print!("{}", show_config::render(&settings, &origins, json)?),
+        Command::Schema { event_type } => print!("{}", contract::schema(event_type.as_deref())?),
+        Command::Asyncapi { json } => print!("{}", contract::asyncapi(&settings, json)?),
         Command::Consume { handler } => {
             let shutdown = shutdown_on_signal();
-            consumer(settings, handler.handler)?.run(shutdown).await?;
+            let consumer = consumer(settings.clone(), handler.handler)?;
+            probes::consume(&settings, consumer, shutdown).await?;
         }
         Command::Ingress => {
             let shutdown = shutdown_on_signal();
-            ingress(&settings, shutdown, None).await?;
+            ingress(&settings, shutdown, Readiness::new()).await?;
         }
         Command::Relay(args) => relay::run(&settings, args, shutdown_on_signal()).await?,
         Command::Run { handler, relay } => {
             let shutdown = shutdown_on_signal();
             warren::metrics::install()?;
-            let consumer = consumer(settings.clone(), handler.handler)?;
-            let relaying = relay.then(|| relay::spawn(&settings, shutdown.clone())).transpose()?;
+            // /readyz of the ingress also reports the consumer (and the relay's database).
+            let readiness = Readiness::new();
+            let consumer = consumer(settings.clone(), handler.handler)?.with_readiness(readiness.clone());
+            let relaying = relay
+                .then(|| relay::spawn(&settings, &readiness, shutdown.clone()))
+                .transpose()?;
             let stop = shutdown.clone();
             // Whichever ends first (a signal, or a fatal error) stops the other.
             let consuming = tokio::spawn(async move {
@@ -231,11 +259,10 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
                 stop.cancel();
                 result
             });
-            let ready = relaying.as_ref().map(|(_, ready)| ready.clone());
-            let serving = ingress(&settings, shutdown.clone(), ready).await;
+            let serving = ingress(&settings, shutdown.clone(), readiness).await;
             shutdown.cancel();
             let consumed = consuming.await.context("consumer task")?;
-            if let Some((task, _)) = relaying {
+            if let Some(task) = relaying {
                 task.await.context("relay task")??;
             }
             serving?;
@@ -264,17 +291,11 @@ fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
 /// Serves the ingress (and metrics) until `shutdown`; the publisher connects
 /// in the background so /healthz answers and /readyz says 503 while the
 /// broker is down.
-async fn ingress(
-    settings: &Settings,
-    shutdown: CancellationToken,
-    ready: Option<std::sync::Arc<dyn warren::http::Readiness>>,
-) -> anyhow::Result<()> {
+async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Readiness) -> anyhow::Result<()> {
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
-    let mut state = warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress);
-    if let Some(ready) = ready {
-        state = state.with_readiness(ready);
-    }
+    let state =
+        warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress).with_readiness(readiness);
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;

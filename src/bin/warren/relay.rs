@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
-use warren::relay::{Relay, RelayHealth, RetrySelection, Table};
+use warren::readiness::Readiness;
+use warren::relay::{Relay, RetrySelection, Table};
 use warren::{Publisher, Settings};
 
 /// Options of `warren relay`.
@@ -130,35 +131,22 @@ pub type Relaying = tokio::task::JoinHandle<anyhow::Result<()>>;
 /// # Errors
 ///
 /// Bad relay settings (no database URL, a bad table name).
-pub fn spawn(
-    settings: &Settings,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(Relaying, Arc<dyn warren::http::Readiness>)> {
+pub fn spawn(settings: &Settings, readiness: &Readiness, shutdown: CancellationToken) -> anyhow::Result<Relaying> {
     let relay = Relay::new(&settings.relay)?;
     let publisher = Publisher::start(settings, "relay");
-    let ready = readiness(&relay);
+    relay.report_to(readiness);
     let task = tokio::spawn(async move {
         let result = relay.run(&publisher, shutdown.clone()).await;
         // A relay that cannot run stops the whole process, as the consumer does.
         shutdown.cancel();
         Ok(result?)
     });
-    Ok((task, ready))
+    Ok(task)
 }
 
-/// `/readyz` includes the relay's database.
-fn readiness(relay: &Relay) -> Arc<dyn warren::http::Readiness> {
-    Arc::new(DatabaseReady(relay.health()))
-}
-
-struct DatabaseReady(RelayHealth);
-
-impl warren::http::Readiness for DatabaseReady {
-    fn name(&self) -> &'static str {
-        "database"
-    }
-
-    fn is_ready(&self) -> bool {
-        self.0.database_up()
-    }
+/// `/readyz` of the relay alone: its database.
+fn readiness(relay: &Relay) -> Readiness {
+    let readiness = Readiness::new();
+    relay.report_to(&readiness);
+    readiness
 }
