@@ -36,7 +36,7 @@ mod route;
 mod worker;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::Connection;
 use tokio::task::JoinSet;
@@ -50,7 +50,7 @@ use policy::RetryPolicy;
 use route::{Route, Typed, route_for};
 use worker::WorkerLost;
 
-use crate::amqp::{self, Backoff, ConnectOptions};
+use crate::amqp::{self, Backoff, ConnectError, ConnectOptions};
 use crate::config::Settings;
 use crate::event::Event;
 use crate::publisher::Publisher;
@@ -65,7 +65,16 @@ pub enum ConsumerError {
     /// `run` was called without any handler.
     #[error("no handlers registered: call .on::<Event>(handler) first")]
     NoHandlers,
+    /// RabbitMQ refused the login or the vhost before the consumer ever
+    /// connected: fix `amqp.url` or the broker's users.
+    #[error(transparent)]
+    Refused(ConnectError),
 }
+
+/// A session that lasted this long resets the reconnect backoff; one the
+/// broker ends sooner (a refused permission closes a channel at once) backs
+/// off further each time instead of reconnecting in a loop.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// A consumer service: one work queue per registered event type.
 pub struct Consumer {
@@ -134,34 +143,44 @@ impl Consumer {
     /// Runs until `shutdown` is cancelled, then stops taking deliveries, lets
     /// in-flight handlers finish within `consumer.shutdown_timeout`, settles
     /// their messages and returns. A lost connection is re-established with
-    /// capped, jittered backoff.
+    /// capped, jittered backoff; so is a first connection the broker does
+    /// not answer (it may still be starting).
     ///
     /// # Errors
     ///
     /// [`ConsumerError::Topology`] when the broker's queues do not match the
-    /// settings; [`ConsumerError::NoHandlers`].
+    /// settings; [`ConsumerError::Refused`] when the broker refuses the login
+    /// or the vhost before the consumer ever connected;
+    /// [`ConsumerError::NoHandlers`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         if self.routes.is_empty() {
             return Err(ConsumerError::NoHandlers);
         }
         let topology = Arc::new(self.topology());
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        let mut connected_once = false;
         loop {
-            match self.session(&topology, &shutdown).await {
+            let (reason, lived) = match self.session(&topology, &shutdown).await {
                 Ok(()) => return Ok(()),
                 Err(SessionError::Fatal(e)) => return Err(e),
-                Err(SessionError::Lost { reason, connected }) => {
-                    if connected {
-                        backoff.reset();
-                    }
-                    metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
-                    let wait = backoff.next_delay();
-                    warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(wait) => {}
-                    }
+                // At start, a refused login or vhost is a configuration
+                // error: retrying would only hide it behind warnings.
+                Err(SessionError::Refused(e)) if !connected_once => return Err(ConsumerError::Refused(e)),
+                Err(SessionError::Refused(e)) => (e.to_string(), None),
+                Err(SessionError::Lost { reason, lived }) => (reason, lived),
+            };
+            if let Some(lived) = lived {
+                connected_once = true;
+                if lived >= STABLE_SESSION {
+                    backoff.reset();
                 }
+            }
+            metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
+            let wait = backoff.next_delay();
+            warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
             }
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -173,6 +192,7 @@ impl Consumer {
     /// until `shutdown` or until one of them loses its channel.
     async fn session(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), SessionError> {
         let (conn, republisher) = self.connect(topology).await?;
+        let started = Instant::now();
         metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
         info!(
             service = self.settings.consumer.service,
@@ -186,7 +206,7 @@ impl Consumer {
         match lost {
             Some(reason) if !shutdown.is_cancelled() => Err(SessionError::Lost {
                 reason,
-                connected: true,
+                lived: Some(started.elapsed()),
             }),
             _ => Ok(()),
         }
@@ -197,7 +217,11 @@ impl Consumer {
     async fn connect(&self, topology: &Topology) -> Result<(Arc<Connection>, Publisher), SessionError> {
         let s = &self.settings;
         let opts = ConnectOptions::new(&s.amqp, &format!("consumer {}", s.consumer.service));
-        let conn = Arc::new(amqp::connect(&opts).await.map_err(SessionError::setup)?);
+        let conn = match amqp::connect(&opts).await {
+            Ok(conn) => Arc::new(conn),
+            Err(e) if e.is_refused() => return Err(SessionError::Refused(e)),
+            Err(e) => return Err(SessionError::setup(e)),
+        };
         let setup = conn
             .create_channel()
             .await
@@ -262,10 +286,13 @@ impl Consumer {
 
 enum SessionError {
     Fatal(ConsumerError),
-    /// `connected`: the session got as far as consuming before it was lost.
+    /// The broker refused the login or the vhost.
+    Refused(ConnectError),
+    /// `lived`: how long the session consumed before it was lost; `None`
+    /// when it never got that far.
     Lost {
         reason: String,
-        connected: bool,
+        lived: Option<Duration>,
     },
 }
 
@@ -273,7 +300,7 @@ impl SessionError {
     fn setup(reason: impl ToString) -> Self {
         Self::Lost {
             reason: reason.to_string(),
-            connected: false,
+            lived: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 mod error;
 mod expiry;
+mod health;
 mod metrics;
 mod properties;
 mod send;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 pub use error::PublishError;
 use error::setup_err;
 use expiry::Expiries;
+use health::Health;
 use metrics::PublishMetrics;
 pub use metrics::outcome as metric_outcome;
 pub use properties::event_properties;
@@ -69,6 +71,7 @@ struct Inner {
     expiries: Expiries,
     resend: bool,
     metrics: PublishMetrics,
+    health: Arc<Health>,
     // Cancelled (stopping the supervisor) when the last clone is dropped.
     _supervisor: Option<tokio_util::sync::DropGuard>,
 }
@@ -84,14 +87,15 @@ impl Publisher {
     /// connection fails.
     pub async fn connect(settings: &Settings, role: &str) -> Result<Self, PublishError> {
         let target = Target::new(settings, role);
-        let first = target.open().await?;
+        let first = target.open().await.map_err(|e| e.error)?;
         Ok(Self::supervised(settings, target, Some(first)))
     }
 
     /// A publisher that connects in the background and keeps retrying until
     /// it can: for services that must start (and answer "not ready") while
     /// the broker is still down. Publishes wait for the connection until
-    /// their deadline.
+    /// their deadline. If the broker refuses the login or the vhost before
+    /// the first connection, it gives up: see [`Publisher::failed`].
     #[must_use]
     pub fn start(settings: &Settings, role: &str) -> Self {
         Self::supervised(settings, Target::new(settings, role), None)
@@ -100,7 +104,8 @@ impl Publisher {
     fn supervised(settings: &Settings, target: Target, first: Option<Arc<Link>>) -> Self {
         let (tx, rx) = watch::channel(first.clone());
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(supervise(target, first, tx, stop.clone()));
+        let health = Arc::new(Health::default());
+        tokio::spawn(supervise(target, first, tx, health.clone(), stop.clone()));
         Self {
             inner: Arc::new(Inner {
                 link: rx,
@@ -109,6 +114,7 @@ impl Publisher {
                 expiries: Expiries::new(settings.publisher.confirm_timeout),
                 resend: settings.publisher.resend_on_reconnect,
                 metrics: PublishMetrics::default(),
+                health,
                 _supervisor: Some(stop.drop_guard()),
             }),
         }
@@ -143,6 +149,7 @@ impl Publisher {
                 expiries: Expiries::new(confirm_timeout),
                 resend: false,
                 metrics: PublishMetrics::default(),
+                health: Arc::default(),
                 _supervisor: None,
             }),
         })
@@ -162,6 +169,13 @@ impl Publisher {
             .borrow()
             .as_ref()
             .is_some_and(|l| l.channel.status().connected())
+    }
+
+    /// Resolves when a publisher made with [`Publisher::start`] has given up
+    /// for good: RabbitMQ refused its login or vhost before it ever
+    /// connected. Never resolves otherwise. A service ends on it.
+    pub async fn failed(&self) -> PublishError {
+        self.inner.health.failed().await
     }
 
     /// Publishes a typed event and waits for the broker's confirm.

@@ -58,7 +58,13 @@ impl Publisher {
                 .await
                 {
                     Ok(Ok(link)) => link.clone().expect("waited for Some"),
-                    Ok(Err(_)) => return Err(PublishError::ConnectionLost("publisher stopped".into())),
+                    Ok(Err(_)) => {
+                        return Err(self
+                            .inner
+                            .health
+                            .fatal()
+                            .unwrap_or_else(|| PublishError::ConnectionLost("publisher stopped".into())));
+                    }
                     Err(_) => {
                         return Err(PublishError::ConnectionLost(format!(
                             "not connected to RabbitMQ for {timeout:?}"

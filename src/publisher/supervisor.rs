@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{PublishError, setup_err};
+use super::health::Health;
 use crate::amqp::{self, Backoff, ConnectOptions};
 use crate::config::Settings;
 use crate::topology::Topology;
@@ -35,12 +36,16 @@ impl Target {
         }
     }
 
-    pub(super) async fn open(&self) -> Result<Arc<Link>, PublishError> {
-        let conn = Arc::new(
-            amqp::connect(&self.opts)
-                .await
-                .map_err(|e| PublishError::Setup(e.to_string()))?,
-        );
+    pub(super) async fn open(&self) -> Result<Arc<Link>, OpenError> {
+        let conn = Arc::new(amqp::connect(&self.opts).await.map_err(|e| OpenError {
+            refused: e.is_refused(),
+            error: PublishError::Setup(e.to_string()),
+        })?);
+        Ok(self.prepare(conn).await?)
+    }
+
+    /// Declares (or checks) the exchange and opens the confirm channel.
+    async fn prepare(&self, conn: Arc<Connection>) -> Result<Arc<Link>, PublishError> {
         let setup = conn.create_channel().await.map_err(setup_err)?;
         self.topology
             .declare_exchange(&setup)
@@ -59,15 +64,32 @@ impl Target {
     }
 }
 
+/// Why [`Target::open`] failed.
+pub(super) struct OpenError {
+    pub(super) error: PublishError,
+    /// The broker refused the login or the vhost.
+    pub(super) refused: bool,
+}
+
+impl From<PublishError> for OpenError {
+    fn from(error: PublishError) -> Self {
+        Self { error, refused: false }
+    }
+}
+
 /// Watches the live link; when it dies, clears it (publishes wait) and
-/// reconnects with backoff.
+/// reconnects with backoff. Gives up, telling `health`, when the broker
+/// refuses the login or the vhost before the first connection: that is a
+/// configuration error, which waiting does not fix.
 pub(super) async fn supervise(
     target: Target,
     mut link: Option<Arc<Link>>,
     tx: watch::Sender<Option<Arc<Link>>>,
+    health: Arc<Health>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut connected_once = link.is_some();
     loop {
         if let Some(live) = &link {
             metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "publisher").set(1.0);
@@ -84,12 +106,18 @@ pub(super) async fn supervise(
                 Ok(new) => {
                     let _ = tx.send(Some(new.clone()));
                     backoff.reset();
+                    connected_once = true;
                     tracing::info!("publisher connected to RabbitMQ");
                     break Some(new);
                 }
-                Err(e) => {
+                Err(OpenError { error, refused: true }) if !connected_once => {
+                    tracing::error!(%error, "publisher gives up");
+                    health.give_up(error);
+                    return;
+                }
+                Err(OpenError { error, .. }) => {
                     let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "publisher cannot connect yet");
+                    tracing::warn!(%error, retry_in = ?wait, "publisher cannot connect yet");
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(wait) => {}
