@@ -7,7 +7,7 @@
 //!
 //! | name | kind | labels |
 //! |---|---|---|
-//! | [`PUBLISHED_TOTAL`] | counter | `event_type`, `outcome` = `confirmed` \| `unroutable` \| `nacked` \| `timeout` \| `connection_lost` \| `error` |
+//! | [`PUBLISHED_TOTAL`] | counter | `event_type`, `outcome` = `confirmed` \| `unroutable` \| `nacked` \| `timeout` \| `connection_lost` \| `refused` \| `error` |
 //! | [`PUBLISH_DURATION_SECONDS`] | histogram | `event_type` |
 //! | [`CONSUMED_TOTAL`] | counter | `queue`, `outcome` = `acked` \| `retried` \| `dead_lettered` \| `requeued` |
 //! | [`HANDLER_DURATION_SECONDS`] | histogram | `queue` |
@@ -101,7 +101,7 @@ fn describe() {
     describe_counter!(
         PUBLISHED_TOTAL,
         Unit::Count,
-        "Events published, by event_type and outcome (confirmed, unroutable, nacked, timeout, connection_lost, error)."
+        "Events published, by event_type and outcome (confirmed, unroutable, nacked, timeout, connection_lost, refused, error)."
     );
     describe_histogram!(
         PUBLISH_DURATION_SECONDS,

@@ -49,8 +49,10 @@ impl fmt::Display for Permission {
 /// A permission RabbitMQ refused to the user warren connects as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// The permission that was missing.
-    pub permission: Permission,
+    /// The permission that was missing; two when the broker does not say
+    /// and the operation needs both on the object (a queue with a
+    /// dead-letter exchange needs configure and read to be declared).
+    pub permissions: Vec<Permission>,
     /// `exchange` or `queue`.
     pub kind: String,
     /// The object's name (`amq.default` for the default exchange).
@@ -65,11 +67,11 @@ impl Refusal {
     /// RabbitMQ 3.10 does not say which permission it checked ("access to
     /// exchange 'x' in vhost '/' refused for user 'u'"); later versions do
     /// ("write access to …"). When the text does not, `implied` names the
-    /// permission the operation needs on an object of the kind named
+    /// permissions the operation needs on an object of the kind named
     /// (`exchange` or `queue`): a bind needs write on the queue and read on
     /// the exchange.
     #[must_use]
-    pub fn from_error(e: &lapin::Error, implied: impl Fn(&str) -> Permission) -> Option<Self> {
+    pub fn from_error(e: &lapin::Error, implied: impl Fn(&str) -> &'static [Permission]) -> Option<Self> {
         let (code, text) = reply(e)?;
         if code != ACCESS_REFUSED {
             return None;
@@ -79,7 +81,7 @@ impl Refusal {
 
     /// [`Refusal::from_error`] on the broker's reply text.
     #[must_use]
-    pub fn parse(text: &str, implied: impl Fn(&str) -> Permission) -> Option<Self> {
+    pub fn parse(text: &str, implied: impl Fn(&str) -> &'static [Permission]) -> Option<Self> {
         let (head, rest) = text.split_once("access to ")?;
         let said = head.rsplit(' ').find(|w| !w.is_empty()).and_then(Permission::parse);
         let (kind, rest) = rest.split_once(" '")?;
@@ -87,12 +89,19 @@ impl Refusal {
         let (vhost, rest) = rest.split_once("' refused for user '")?;
         let user = rest.strip_suffix('\'').unwrap_or(rest);
         Some(Self {
-            permission: said.unwrap_or_else(|| implied(kind)),
+            permissions: said.map_or_else(|| implied(kind).to_vec(), |p| vec![p]),
             kind: kind.to_owned(),
             name: name.to_owned(),
             vhost: vhost.to_owned(),
             user: user.to_owned(),
         })
+    }
+
+    /// The permission refused, as `write` or `configure or read`.
+    #[must_use]
+    pub fn permission(&self) -> String {
+        let names: Vec<&str> = self.permissions.iter().map(|p| p.as_str()).collect();
+        names.join(" or ")
     }
 
     /// The object, as `exchange "user.events"`: what a response may name.
@@ -112,7 +121,7 @@ impl fmt::Display for Refusal {
             f,
             "RabbitMQ refused user {:?} the {} permission on {} in vhost {:?} (see docs/PERMISSIONS.md)",
             self.user,
-            self.permission,
+            self.permission(),
             self.object(),
             self.vhost
         )
@@ -144,8 +153,8 @@ mod tests {
             403,
             "ACCESS_REFUSED - access to exchange 'amq.default' in vhost 'prod' refused for user 'mailer'",
         );
-        let r = Refusal::from_error(&e, |_| Permission::Write).unwrap();
-        assert_eq!(r.permission, Permission::Write);
+        let r = Refusal::from_error(&e, |_| &[Permission::Write]).unwrap();
+        assert_eq!(r.permissions, [Permission::Write]);
         assert_eq!((r.kind.as_str(), r.name.as_str()), ("exchange", "amq.default"));
         assert_eq!((r.vhost.as_str(), r.user.as_str()), ("prod", "mailer"));
         let shown = r.to_string();
@@ -158,28 +167,33 @@ mod tests {
     #[test]
     fn a_refusal_that_names_its_permission_wins_over_the_implied_one() {
         let text = "ACCESS_REFUSED - configure access to queue 's.user.login' in vhost '/' refused for user 'u'";
-        let r = Refusal::parse(text, |_| Permission::Read).unwrap();
-        assert_eq!(r.permission, Permission::Configure);
+        let r = Refusal::parse(text, |_| &[Permission::Configure, Permission::Read]).unwrap();
+        assert_eq!(r.permissions, [Permission::Configure]);
         assert_eq!(r.object(), "queue \"s.user.login\"");
     }
 
     #[test]
-    fn a_bind_implies_write_on_a_queue_and_read_on_an_exchange() {
-        let bind = |kind: &str| {
+    fn the_permissions_implied_depend_on_the_kind_of_object_refused() {
+        let bind = |kind: &str| -> &'static [Permission] {
             if kind == "queue" {
-                Permission::Write
+                &[Permission::Write]
             } else {
-                Permission::Read
+                &[Permission::Read]
             }
         };
         let on = |kind: &str| format!("ACCESS_REFUSED - access to {kind} 'x' in vhost '/' refused for user 'u'");
         assert_eq!(
-            Refusal::parse(&on("queue"), bind).unwrap().permission,
-            Permission::Write
+            Refusal::parse(&on("queue"), bind).unwrap().permissions,
+            [Permission::Write]
         );
         assert_eq!(
-            Refusal::parse(&on("exchange"), bind).unwrap().permission,
-            Permission::Read
+            Refusal::parse(&on("exchange"), bind).unwrap().permissions,
+            [Permission::Read]
+        );
+        let either = Refusal::parse(&on("queue"), |_| &[Permission::Configure, Permission::Read]).unwrap();
+        assert!(
+            either.to_string().contains("the configure or read permission on queue"),
+            "{either}"
         );
     }
 
@@ -189,9 +203,9 @@ mod tests {
             403,
             "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN.",
         );
-        assert_eq!(Refusal::from_error(&login, |_| Permission::Write), None);
+        assert_eq!(Refusal::from_error(&login, |_| &[Permission::Write]), None);
         let missing = broker_error(404, "NOT_FOUND - no exchange 'x' in vhost '/'");
-        assert_eq!(Refusal::from_error(&missing, |_| Permission::Write), None);
+        assert_eq!(Refusal::from_error(&missing, |_| &[Permission::Write]), None);
         assert_eq!(reply(&missing), Some((404, "NOT_FOUND - no exchange 'x' in vhost '/'")));
     }
 }

@@ -177,7 +177,11 @@ impl Consumer {
             }
             metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
             let wait = backoff.next_delay();
-            warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
+            if lived.is_some() {
+                warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
+            } else {
+                warn!(%reason, retry_in = ?wait, "consumer cannot start consuming yet; retrying");
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep(wait) => {}
@@ -212,7 +216,8 @@ impl Consumer {
         }
     }
 
-    /// Connects, declares the topology and opens the republisher (for
+    /// Connects, declares the topology (or, with `topology.declare =
+    /// false`, checks that it exists) and opens the republisher (for
     /// retries and dead letters) on the same connection.
     async fn connect(&self, topology: &Topology) -> Result<(Arc<Connection>, Publisher), SessionError> {
         let s = &self.settings;
@@ -226,7 +231,12 @@ impl Consumer {
             .create_channel()
             .await
             .map_err(|e| SessionError::setup(amqp::describe(&e)))?;
-        match topology.declare(&setup).await {
+        let ready = if s.topology.declare {
+            topology.declare(&setup).await
+        } else {
+            topology.check(&setup).await
+        };
+        match ready {
             Ok(()) => {}
             Err(e @ TopologyError::Mismatch { .. }) => return Err(SessionError::Fatal(e.into())),
             Err(e) => return Err(SessionError::setup(e)),

@@ -23,6 +23,7 @@ use super::process::{Processor, QueueMetrics};
 use super::route::Route;
 use crate::amqp::describe;
 use crate::publisher::Publisher;
+use crate::refusal::{Permission, Refusal};
 use crate::topology::Topology;
 
 /// Per-queue limits.
@@ -100,7 +101,9 @@ async fn open(conn: &Connection, queue: &str, prefetch: u16) -> Result<(Channel,
             FieldTable::default(),
         )
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| {
+            Refusal::from_error(&e, |_| &[Permission::Read]).map_or_else(|| describe(&e), |r| r.to_string())
+        })?;
     Ok((channel, deliveries))
 }
 

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use super::error::{ApiError, RETRY_AFTER_SECS};
+use super::error::{ApiError, RETRY_AFTER_SECS, refused_message};
 use crate::metrics::BROKER_CONNECTED;
 
 /// The content type of the Prometheus text exposition format.
@@ -24,9 +24,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     if state.sink().is_ready() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     } else {
+        let reason = state.sink().refusal().map_or_else(
+            || "not connected to the message broker".to_owned(),
+            |r| refused_message(&r),
+        );
         let mut res = (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": "not connected to the message broker"})),
+            Json(json!({"status": "unavailable", "reason": reason})),
         )
             .into_response();
         res.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());

@@ -38,6 +38,7 @@ use supervisor::{Link, Target, supervise};
 
 use crate::config::Settings;
 use crate::event::{Envelope, Event, RawEnvelope};
+use crate::refusal::Refusal;
 
 /// One message to publish: body plus the AMQP properties that go with it.
 #[derive(Debug, Clone)]
@@ -77,7 +78,8 @@ struct Inner {
 }
 
 impl Publisher {
-    /// Connects, opens a confirm channel, declares the events exchange, and
+    /// Connects, opens a confirm channel, declares the events exchange (or,
+    /// with `topology.declare = false`, checks that it exists), and
     /// keeps the connection up from then on. The connection is named
     /// `<amqp.connection_name> <role>` in the management console.
     ///
@@ -169,6 +171,14 @@ impl Publisher {
             .borrow()
             .as_ref()
             .is_some_and(|l| l.channel.status().connected())
+    }
+
+    /// The permission RabbitMQ refused this publisher (to declare the
+    /// exchange, or to publish to it) since it last (re)connected: why it
+    /// cannot publish, when that is why. `None` when nothing was refused.
+    #[must_use]
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.inner.health.refusal()
     }
 
     /// Resolves when a publisher made with [`Publisher::start`] has given up

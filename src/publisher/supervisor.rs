@@ -14,7 +14,8 @@ use super::error::{PublishError, setup_err};
 use super::health::Health;
 use crate::amqp::{self, Backoff, ConnectOptions};
 use crate::config::Settings;
-use crate::topology::Topology;
+use crate::refusal::Refusal;
+use crate::topology::{Topology, TopologyError};
 
 /// One live connection and its confirm channel.
 pub(super) struct Link {
@@ -22,10 +23,12 @@ pub(super) struct Link {
     pub(super) connection: Arc<Connection>,
 }
 
-/// Where the supervisor connects, and what it declares there.
+/// Where the supervisor connects, and what it declares (or checks) there.
 pub(super) struct Target {
     opts: ConnectOptions,
     topology: Topology,
+    /// `topology.declare`: declare the exchange, or only check that it exists.
+    declare: bool,
 }
 
 impl Target {
@@ -33,24 +36,33 @@ impl Target {
         Self {
             opts: ConnectOptions::new(&settings.amqp, role),
             topology: Topology::from_settings(settings),
+            declare: settings.topology.declare,
         }
     }
 
     pub(super) async fn open(&self) -> Result<Arc<Link>, OpenError> {
         let conn = Arc::new(amqp::connect(&self.opts).await.map_err(|e| OpenError {
-            refused: e.is_refused(),
-            error: PublishError::Setup(e.to_string()),
+            login_refused: e.is_refused(),
+            ..PublishError::Setup(e.to_string()).into()
         })?);
-        Ok(self.prepare(conn).await?)
+        self.prepare(conn).await
     }
 
     /// Declares (or checks) the exchange and opens the confirm channel.
-    async fn prepare(&self, conn: Arc<Connection>) -> Result<Arc<Link>, PublishError> {
+    async fn prepare(&self, conn: Arc<Connection>) -> Result<Arc<Link>, OpenError> {
         let setup = conn.create_channel().await.map_err(setup_err)?;
-        self.topology
-            .declare_exchange(&setup)
-            .await
-            .map_err(|e| PublishError::Setup(e.to_string()))?;
+        let ready = if self.declare {
+            self.topology.declare_exchange(&setup).await
+        } else {
+            self.topology.check_exchange(&setup).await
+        };
+        ready.map_err(|e| OpenError {
+            refusal: match &e {
+                TopologyError::Refused { refusal, .. } => Some((**refusal).clone()),
+                _ => None,
+            },
+            ..PublishError::Setup(e.to_string()).into()
+        })?;
         let _ = setup.close(200, "declared".into()).await;
         let channel = conn.create_channel().await.map_err(setup_err)?;
         channel
@@ -68,12 +80,18 @@ impl Target {
 pub(super) struct OpenError {
     pub(super) error: PublishError,
     /// The broker refused the login or the vhost.
-    pub(super) refused: bool,
+    pub(super) login_refused: bool,
+    /// The permission the broker refused declaring the exchange.
+    pub(super) refusal: Option<Refusal>,
 }
 
 impl From<PublishError> for OpenError {
     fn from(error: PublishError) -> Self {
-        Self { error, refused: false }
+        Self {
+            error,
+            login_refused: false,
+            refusal: None,
+        }
     }
 }
 
@@ -104,18 +122,26 @@ pub(super) async fn supervise(
         link = loop {
             match target.open().await {
                 Ok(new) => {
+                    health.connected();
                     let _ = tx.send(Some(new.clone()));
                     backoff.reset();
                     connected_once = true;
                     tracing::info!("publisher connected to RabbitMQ");
                     break Some(new);
                 }
-                Err(OpenError { error, refused: true }) if !connected_once => {
+                Err(OpenError {
+                    error,
+                    login_refused: true,
+                    ..
+                }) if !connected_once => {
                     tracing::error!(%error, "publisher gives up");
                     health.give_up(error);
                     return;
                 }
-                Err(OpenError { error, .. }) => {
+                Err(OpenError { error, refusal, .. }) => {
+                    if let Some(refusal) = &refusal {
+                        health.refused(refusal);
+                    }
                     let wait = backoff.next_delay();
                     tracing::warn!(%error, retry_in = ?wait, "publisher cannot connect yet");
                     tokio::select! {

@@ -2,6 +2,7 @@
 //! when there is no broker (a broker test never skips).
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod faults;
 pub mod proxy;
 
