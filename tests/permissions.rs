@@ -13,9 +13,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use lapin::{Connection, ConnectionProperties};
 use support::admin::{self, User, Vhost};
+use support::logs::Logs;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use warren::consumer::{Consumer, Context, HandlerError};
+use warren::consumer::{Consumer, Context, HandlerError, headers};
 use warren::http::{AppState, router};
 use warren::refusal::Permission;
 use warren::topology::TopologyError;
@@ -36,7 +37,7 @@ async fn as_guest(vhost: &Vhost) -> Connection {
 fn service(prefix: &str, vhost: &Vhost) -> Settings {
     let mut s = support::settings(prefix, false);
     s.consumer.event_types = vec!["user.registered".into()];
-    s.consumer.retry.delays = vec![Duration::from_millis(200)];
+    s.consumer.retry.delays = vec![Duration::from_millis(200), Duration::from_millis(200)];
     s.amqp.url = vhost.url("guest", "guest");
     s
 }
@@ -330,4 +331,76 @@ async fn a_consumer_that_was_connected_keeps_retrying_a_refused_login() {
     )
     .await;
     stop(token, handle).await;
+}
+
+#[tokio::test]
+async fn a_consumer_refused_its_retries_pauses_and_recovers_by_itself_once_granted() {
+    let metrics = warren::metrics::install().expect("recorder");
+    let (logs, _guard) = Logs::capture();
+    let vhost = Vhost::create("perm-retry");
+    let user = User::create("no-retries");
+    let (mut s, guest, topology) = applied("perm-retry", &vhost).await;
+    let publisher = Publisher::connect(&s, "tests").await.unwrap();
+    let (work, dead) = (
+        topology.work_queue("user.registered"),
+        topology.dead_queue("user.registered"),
+    );
+    // It may consume, but not write to the default exchange its retries go through.
+    user.grant(&vhost, "^$", "^$", &admin::exactly(&work));
+    s.amqp.url = user.url(&vhost);
+    s.topology.declare = false;
+    let attempts = Attempts::default();
+    let (token, handle) = start(Consumer::new(s).on(failing_until(&attempts, u32::MAX)));
+    let (first, second) = (support::registered(1), support::registered(2));
+    publisher.publish(&first).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        *attempts.lock().unwrap(),
+        vec![(first.event_id, 1)],
+        "handled once, then held while its retry is refused: never requeued in a loop"
+    );
+    publisher.publish(&second).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(attempts.lock().unwrap().len(), 1, "the paused queue starts no handler");
+    let text = metrics.render();
+    let paused = format!("warren_queue_paused{{queue=\"{work}\"}} 1");
+    assert!(text.contains(&paused), "{text}");
+    assert!(
+        text.contains(&format!("warren_republish_failures_total{{queue=\"{work}\"}}")),
+        "{text}"
+    );
+    let refused = logs.matching(&["ERROR", &work, "write permission on the default exchange (amq.default)"]);
+    assert_eq!(
+        refused.len(),
+        1,
+        "logged once per episode, naming queue and permission: {:#?}",
+        logs.lines()
+    );
+
+    user.grant(&vhost, "^$", "^amq\\.default$", &admin::exactly(&work));
+    let ch = guest.create_channel().await.unwrap();
+    support::wait_ready(&ch, &dead, 2, Duration::from_secs(60)).await;
+    stop(token, handle).await;
+
+    for event in [&first, &second] {
+        let seen: Vec<u32> = attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.0 == event.event_id)
+            .map(|a| a.1)
+            .collect();
+        assert_eq!(seen, [1, 2, 3], "through both retry tiers, each attempt once");
+    }
+    for parked in support::drain(&ch, &dead).await {
+        let p = &parked.properties;
+        assert_eq!(headers::text(p, headers::REASON).as_deref(), Some("exhausted"));
+        assert_eq!(headers::int(p, headers::ATTEMPTS), Some(3));
+        assert_eq!(headers::text(p, headers::QUEUE).as_deref(), Some(work.as_str()));
+    }
+    assert!(
+        !logs.matching(&["the queue resumes", &work]).is_empty(),
+        "{:#?}",
+        logs.lines()
+    );
 }

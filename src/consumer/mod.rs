@@ -25,11 +25,16 @@
 //! to `.dead` then ack (tiers exhausted, permanent error, malformed or invalid
 //! body, unhandled type). The republish waits for the broker's confirm before
 //! the ack, so a crash in between can duplicate a message but never lose it.
-//! No failing message is ever requeued in place.
+//! No failing message is ever requeued in place: when the broker does not
+//! take a republish (it refuses the write permission on the default
+//! exchange, a tier is missing), the queue pauses, starting no handler,
+//! and the republish is retried with backoff, its delivery held unacked,
+//! until it goes through (or the consumer stops, leaving it for redelivery).
 
 mod acks;
 mod handler;
 pub mod headers;
+mod pause;
 mod policy;
 mod process;
 mod route;

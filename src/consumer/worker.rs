@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::acks::{Acks, Settlement};
+use super::pause::Pause;
 use super::policy::RetryPolicy;
 use super::process::{Processor, QueueMetrics};
 use super::route::Route;
@@ -69,7 +70,7 @@ impl Worker {
             "consuming"
         );
         let shutdown_timeout = self.shutdown_timeout;
-        let mut consuming = Consuming::new(self, &channel, &queue);
+        let mut consuming = Consuming::new(self, &channel, &queue, &stop);
         let result = consuming.deliver(&mut deliveries, &stop).await;
         if result.is_ok() {
             // Stop new deliveries; prefetched ones not started stay unacked and go back to the queue.
@@ -121,7 +122,7 @@ struct Consuming {
 }
 
 impl Consuming {
-    fn new(worker: Worker, channel: &Channel, queue: &str) -> Self {
+    fn new(worker: Worker, channel: &Channel, queue: &str, stop: &CancellationToken) -> Self {
         let (settled_tx, settled_rx) = mpsc::unbounded_channel();
         Self {
             acks: Acks::new(channel.clone(), queue.to_owned(), usize::from(worker.limits.prefetch)),
@@ -134,6 +135,8 @@ impl Consuming {
                 queue: Arc::from(queue),
                 channel: channel.clone(),
                 metrics: QueueMetrics::new(queue),
+                pause: Arc::new(Pause::new(queue)),
+                stop: stop.clone(),
             }),
             tracker: TaskTracker::new(),
             settled_tx,
@@ -186,12 +189,38 @@ impl Consuming {
                 }
             };
             match next {
-                Some(Ok(delivery)) => self.start(delivery, reserved).await,
+                Some(Ok(delivery)) => {
+                    // Taken while the queue paused, it waits unstarted (and unacked).
+                    if self.processor.pause.is_paused() && !self.wait_resumed(stop).await {
+                        break;
+                    }
+                    self.start(delivery, reserved).await;
+                }
                 Some(Err(e)) => return Err(describe(&e)),
                 None => return Err("the broker cancelled the consumer (queue deleted?)".into()),
             }
         }
         Ok(())
+    }
+
+    /// While the queue is paused (its failed deliveries cannot be
+    /// republished), starts no handler: prefetched deliveries wait unacked
+    /// in the stream, and the handlers running are settled as they finish.
+    /// `false` when `stop` came first.
+    async fn wait_resumed(&mut self, stop: &CancellationToken) -> bool {
+        let pause = self.processor.pause.clone();
+        loop {
+            self.acks.flush().await;
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return false,
+                () = pause.resumed() => return true,
+                Some(s) = self.settled_rx.recv(), if self.in_tasks > 0 => {
+                    self.in_tasks -= 1;
+                    self.acks.record(s);
+                }
+            }
+        }
     }
 
     /// Processes `delivery`. A handler that finishes without waiting (most

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod channel;
 mod error;
 mod expiry;
 mod health;
@@ -22,12 +23,11 @@ mod send;
 mod supervisor;
 
 use futures_util::future::join_all;
-use lapin::options::ConfirmSelectOptions;
 use lapin::{BasicProperties, Connection};
 use tokio::sync::watch;
 
+use channel::{confirm_channel, supervise_channel};
 pub use error::PublishError;
-use error::setup_err;
 use expiry::Expiries;
 use health::Health;
 use metrics::PublishMetrics;
@@ -122,8 +122,10 @@ impl Publisher {
         }
     }
 
-    /// A publisher on a new channel of an existing connection, without
-    /// reconnection: whoever owns the connection restarts it.
+    /// A publisher on a new channel of an existing connection. It reopens
+    /// its channel, with backoff, when the broker closes it (a refused
+    /// permission, a precondition) and stops when the connection is gone:
+    /// whoever owns the connection restarts it.
     ///
     /// # Errors
     ///
@@ -133,16 +135,11 @@ impl Publisher {
         exchange: &str,
         confirm_timeout: Duration,
     ) -> Result<Self, PublishError> {
-        let channel = conn.create_channel().await.map_err(setup_err)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(setup_err)?;
-        let link = Arc::new(Link {
-            channel,
-            connection: conn,
-        });
-        let (_tx, rx) = watch::channel(Some(link));
+        let link = confirm_channel(&conn).await?;
+        let (tx, rx) = watch::channel(Some(link.clone()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let health = Arc::new(Health::default());
+        tokio::spawn(supervise_channel(link, tx, health.clone(), stop.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 link: rx,
@@ -151,8 +148,8 @@ impl Publisher {
                 expiries: Expiries::new(confirm_timeout),
                 resend: false,
                 metrics: PublishMetrics::default(),
-                health: Arc::default(),
-                _supervisor: None,
+                health,
+                _supervisor: Some(stop.drop_guard()),
             }),
         })
     }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::channel::{Reopener, confirm_channel};
 use super::error::{PublishError, setup_err};
 use super::health::Health;
 use crate::amqp::{self, Backoff, ConnectOptions};
@@ -64,15 +64,7 @@ impl Target {
             ..PublishError::Setup(e.to_string()).into()
         })?;
         let _ = setup.close(200, "declared".into()).await;
-        let channel = conn.create_channel().await.map_err(setup_err)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(setup_err)?;
-        Ok(Arc::new(Link {
-            channel,
-            connection: conn,
-        }))
+        Ok(confirm_channel(&conn).await?)
     }
 }
 
@@ -96,9 +88,10 @@ impl From<PublishError> for OpenError {
 }
 
 /// Watches the live link; when it dies, clears it (publishes wait) and
-/// reconnects with backoff. Gives up, telling `health`, when the broker
-/// refuses the login or the vhost before the first connection: that is a
-/// configuration error, which waiting does not fix.
+/// reopens its channel, or reconnects when the connection died, with
+/// backoff. Gives up, telling `health`, when the broker refuses the login
+/// or the vhost before the first connection: that is a configuration
+/// error, which waiting does not fix.
 pub(super) async fn supervise(
     target: Target,
     mut link: Option<Arc<Link>>,
@@ -106,8 +99,11 @@ pub(super) async fn supervise(
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    let mut connected_once = link.is_some();
+    let mut connecting = Connecting {
+        backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+        connected_once: link.is_some(),
+    };
+    let mut reopener = Reopener::new();
     loop {
         if let Some(live) = &link {
             metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "publisher").set(1.0);
@@ -116,46 +112,74 @@ pub(super) async fn supervise(
                 cause = watch_link(live) => cause,
             };
             let _ = tx.send(None);
+            // The broker closed only the channel: open another on the same connection.
+            if live.connection.status().connected()
+                && let Some(new) = reopener.reopen(&live.connection.clone(), &cause, &stop).await
+            {
+                health.connected();
+                let _ = tx.send(Some(new.clone()));
+                link = Some(new);
+                continue;
+            }
+            if stop.is_cancelled() {
+                return;
+            }
             tracing::warn!(%cause, "publisher lost its connection to RabbitMQ; reconnecting");
         }
         metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "publisher").set(0.0);
-        link = loop {
+        link = connecting.connect(&target, &health, &stop).await;
+        let Some(new) = &link else { return };
+        let _ = tx.send(Some(new.clone()));
+        reopener.connected();
+    }
+}
+
+/// The reconnect loop's state.
+struct Connecting {
+    backoff: Backoff,
+    connected_once: bool,
+}
+
+impl Connecting {
+    /// Connects with backoff until it works; `None` when `stop` is cancelled
+    /// or the broker refuses the login or vhost before any first connection.
+    async fn connect(&mut self, target: &Target, health: &Health, stop: &CancellationToken) -> Option<Arc<Link>> {
+        loop {
             match target.open().await {
                 Ok(new) => {
                     health.connected();
-                    let _ = tx.send(Some(new.clone()));
-                    backoff.reset();
-                    connected_once = true;
+                    self.backoff.reset();
+                    self.connected_once = true;
                     tracing::info!("publisher connected to RabbitMQ");
-                    break Some(new);
+                    return Some(new);
                 }
                 Err(OpenError {
                     error,
                     login_refused: true,
                     ..
-                }) if !connected_once => {
+                }) if !self.connected_once => {
                     tracing::error!(%error, "publisher gives up");
                     health.give_up(error);
-                    return;
+                    return None;
                 }
                 Err(OpenError { error, refusal, .. }) => {
                     if let Some(refusal) = &refusal {
                         health.refused(refusal);
                     }
-                    let wait = backoff.next_delay();
+                    let wait = self.backoff.next_delay();
                     tracing::warn!(%error, retry_in = ?wait, "publisher cannot connect yet");
                     tokio::select! {
-                        () = stop.cancelled() => return,
+                        () = stop.cancelled() => return None,
                         () = tokio::time::sleep(wait) => {}
                     }
                 }
             }
-        };
+        }
     }
 }
 
 /// Resolves when the link is dead; logs flow control on the way.
-async fn watch_link(link: &Link) -> String {
+pub(super) async fn watch_link(link: &Link) -> String {
     let mut events = link.connection.events_listener();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {

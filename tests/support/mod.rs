@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod faults;
+pub mod logs;
 pub mod proxy;
 
 use std::sync::Arc;
