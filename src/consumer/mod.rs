@@ -38,6 +38,7 @@ mod pause;
 mod policy;
 mod process;
 mod route;
+mod throttle;
 mod worker;
 
 use std::sync::Arc;

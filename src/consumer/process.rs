@@ -17,6 +17,7 @@ use super::headers::{self, Origin};
 use super::pause::Pause;
 use super::policy::{Fate, RetryPolicy};
 use super::route::{Outcome, Route};
+use super::throttle::Throttle;
 use crate::publisher::{Message, Publisher};
 use crate::topology::Topology;
 
@@ -35,6 +36,8 @@ pub(crate) struct Processor {
     pub pause: Arc<Pause>,
     /// Cancelled when the worker stops: a waiting republish gives up.
     pub stop: CancellationToken,
+    /// Rate limit of this queue's retry lines.
+    pub retry_log: Throttle,
 }
 
 /// Metric handles of one queue, registered once instead of per delivery.
@@ -164,9 +167,20 @@ impl Processor {
         match fate {
             Fate::Ack => None,
             Fate::Retry { tier, error } => {
-                debug!(tier, error, "retrying later");
                 let to = self.topology.retry_queue(event_type, *tier);
-                Some(to.expect("policy tiers match topology tiers"))
+                let to = to.expect("policy tiers match topology tiers");
+                let event_id = headers::message_id(&delivery.properties).unwrap_or("");
+                // Visible at the default level, but one line per queue per
+                // interval: a receiver that is down fails every delivery.
+                match self.retry_log.admit(Instant::now()) {
+                    Some(suppressed) => warn!(
+                        queue = %self.queue, event_id, attempt, tier = tier + 1, to,
+                        error = crate::event::truncate(error, headers::MAX_ERROR_LEN), suppressed,
+                        "transient failure: retrying later"
+                    ),
+                    None => debug!(event_id, attempt, tier = tier + 1, error, "retrying later"),
+                }
+                Some(to)
             }
             Fate::DeadLetter { reason, error } => {
                 let event_id = headers::message_id(&delivery.properties).unwrap_or("");

@@ -22,6 +22,7 @@ use super::pause::Pause;
 use super::policy::RetryPolicy;
 use super::process::{Processor, QueueMetrics};
 use super::route::Route;
+use super::throttle::{RETRY_LOG_EVERY, Throttle};
 use crate::amqp::describe;
 use crate::publisher::Publisher;
 use crate::refusal::{Permission, Refusal};
@@ -137,6 +138,7 @@ impl Consuming {
                 metrics: QueueMetrics::new(queue),
                 pause: Arc::new(Pause::new(queue)),
                 stop: stop.clone(),
+                retry_log: Throttle::new(RETRY_LOG_EVERY),
             }),
             tracker: TaskTracker::new(),
             settled_tx,
