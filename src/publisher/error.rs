@@ -23,9 +23,10 @@ pub enum PublishError {
     /// The channel or connection closed before the confirm.
     #[error("connection to RabbitMQ lost: {0}")]
     ConnectionLost(String),
-    /// RabbitMQ refused warren's user a permission: write on the exchange,
-    /// or configure to declare it. Nothing was published.
-    /// Boxed: the error stays small for the `Ok` path.
+    /// RabbitMQ refused warren's user the write permission on the exchange:
+    /// nothing was published. (A refused declare fails the connection
+    /// instead; [`crate::Publisher::refusal`] names it.) Boxed: the error
+    /// stays small for the `Ok` path.
     #[error("{0}")]
     Refused(Box<Refusal>),
     /// Connecting or preparing the channel failed.
