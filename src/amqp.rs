@@ -6,8 +6,8 @@ use std::time::Duration;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::config::AmqpSettings;
-use crate::uri;
 pub use crate::uri::{check_url, redact_url, vhost_of};
+use crate::{refusal, uri};
 
 /// A connection that could not be made. Its message never contains the password.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +16,25 @@ pub enum ConnectError {
     InvalidUrl { url: String, reason: String },
     #[error("cannot connect to RabbitMQ at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The broker answered and refused: a wrong login, a vhost that does
+    /// not exist, a user without access to it. Waiting does not fix these.
+    #[error("RabbitMQ at {url} refused user {user:?} on vhost {vhost:?}: {reason}")]
+    Refused {
+        url: String,
+        user: String,
+        vhost: String,
+        reason: String,
+    },
+}
+
+impl ConnectError {
+    /// The broker refused the login or the vhost: retrying at start only
+    /// hides a configuration error (a connection that worked once and fails
+    /// later is retried: the broker may be restoring its definitions).
+    #[must_use]
+    pub fn is_refused(&self) -> bool {
+        matches!(self, ConnectError::Refused { .. })
+    }
 }
 
 /// Options of one connection. Its `Debug` output hides the password.
@@ -67,13 +86,41 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
     if uri.query.connection_timeout.is_none() {
         uri.query.connection_timeout = Some(10_000);
     }
+    let (user, vhost) = (uri.authority.userinfo.username.clone(), uri.vhost.clone());
     let props = ConnectionProperties::default().with_connection_name(opts.name.as_str().into());
-    Connection::connect_uri(uri, props)
-        .await
-        .map_err(|e| ConnectError::Unreachable {
-            url: redact_url(&opts.url),
-            reason: describe(&e),
-        })
+    Connection::connect_uri(uri, props).await.map_err(|e| {
+        let url = redact_url(&opts.url);
+        match refused_because(&e) {
+            Some(reason) => ConnectError::Refused {
+                url,
+                user,
+                vhost: if vhost.is_empty() { "/".to_owned() } else { vhost },
+                reason: reason.to_owned(),
+            },
+            None => ConnectError::Unreachable {
+                url,
+                reason: describe(&e),
+            },
+        }
+    })
+}
+
+/// Why the broker refused a connection it answered, when it did: a login
+/// refused (`ACCESS_REFUSED`), a vhost missing or closed to the user
+/// (`NOT_ALLOWED`). Other errors (a refused TCP connection, a timeout, a
+/// vhost that is down) may pass.
+fn refused_because(e: &lapin::Error) -> Option<&'static str> {
+    let (code, text) = refusal::reply(e)?;
+    match code {
+        refusal::ACCESS_REFUSED => Some("login refused: wrong username or password (fix amqp.url)"),
+        refusal::NOT_ALLOWED if text.contains("not found") => {
+            Some("the vhost does not exist (create it, or fix the vhost in amqp.url)")
+        }
+        refusal::NOT_ALLOWED if text.contains("refused for user") => {
+            Some("the user has no permissions on this vhost (see docs/PERMISSIONS.md)")
+        }
+        _ => None,
+    }
 }
 
 /// A short, password-free description of a lapin error.
@@ -118,6 +165,28 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn broker_error(code: u16, text: &str) -> lapin::Error {
+        let amqp = lapin::protocol::AMQPError::from_id(code, text.into()).expect("a known reply code");
+        lapin::ErrorKind::ProtocolError(amqp).into()
+    }
+
+    #[test]
+    fn a_refused_login_or_vhost_is_told_apart_from_an_unreachable_broker() {
+        let login = broker_error(
+            403,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN.",
+        );
+        assert!(refused_because(&login).unwrap().contains("wrong username or password"));
+        let vhost = broker_error(530, "NOT_ALLOWED - vhost prod not found");
+        assert!(refused_because(&vhost).unwrap().contains("does not exist"));
+        let denied = broker_error(530, "NOT_ALLOWED - access to vhost 'prod' refused for user 'u'");
+        assert!(refused_because(&denied).unwrap().contains("no permissions"));
+        let down = broker_error(530, "NOT_ALLOWED - vhost prod is down");
+        assert_eq!(refused_because(&down), None, "a vhost that is down may come back");
+        let io: lapin::Error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
+        assert_eq!(refused_because(&io), None);
+    }
 
     #[test]
     fn connect_options_debug_hides_the_password() {

@@ -13,6 +13,7 @@
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
 //! - [`uri`]: AMQP URIs: parsing, checking, the vhost, password redaction.
 //! - [`secrets`]: scrubbing secrets, in every encoding, out of log lines.
+//! - [`refusal`]: which permission RabbitMQ refused, on which object, read from its errors.
 //! - [`amqp`]: connecting (named connections, heartbeats), the reconnect backoff.
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
@@ -24,8 +25,8 @@
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 //! - [`asyncapi`]: the deployment as an AsyncAPI 3.0 document (channels, queues, message schemas).
 //!
-//! Modules import "down" only: `schema` < `event`, `uri`, `secrets`, `metrics`,
-//! `process_metrics`, `readiness` < `config` < `topology` < `amqp` <
+//! Modules import "down" only: `schema` < `event`, `uri`, `secrets`, `refusal`,
+//! `metrics`, `process_metrics`, `readiness` < `config` < `topology` < `amqp` <
 //! `publisher` < `consumer`, `http`, `relay` < `webhook`, `asyncapi`
 //! (tests/module_graph.rs keeps it so).
 //!
@@ -53,6 +54,7 @@ pub mod metrics;
 pub mod process_metrics;
 pub mod publisher;
 pub mod readiness;
+pub mod refusal;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod schema;

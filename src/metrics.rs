@@ -7,15 +7,17 @@
 //!
 //! | name | kind | labels |
 //! |---|---|---|
-//! | [`PUBLISHED_TOTAL`] | counter | `event_type`, `outcome` = `confirmed` \| `unroutable` \| `nacked` \| `timeout` \| `connection_lost` \| `error` |
+//! | [`PUBLISHED_TOTAL`] | counter | `event_type`, `outcome` = `confirmed` \| `unroutable` \| `nacked` \| `timeout` \| `connection_lost` \| `refused` \| `error` |
 //! | [`PUBLISH_DURATION_SECONDS`] | histogram | `event_type` |
-//! | [`CONSUMED_TOTAL`] | counter | `queue`, `outcome` = `acked` \| `retried` \| `dead_lettered` \| `requeued` |
+//! | [`CONSUMED_TOTAL`] | counter | `queue`, `outcome` = `acked` \| `retried` \| `dead_lettered` |
 //! | [`HANDLER_DURATION_SECONDS`] | histogram | `queue` |
 //! | [`INGRESS_REQUESTS_TOTAL`] | counter | `route`, `status` |
 //! | [`INGRESS_REQUEST_DURATION_SECONDS`] | histogram | `route` |
 //! | [`BROKER_CONNECTED`] | gauge | `role` = `publisher` \| `consumer` \| `ingress` |
 //! | [`BROKER_BLOCKED`] | gauge | none |
 //! | [`STALE_ACKS_TOTAL`] | counter | `queue` |
+//! | [`REPUBLISH_FAILURES_TOTAL`] | counter | `queue` |
+//! | [`QUEUE_PAUSED`] | gauge | `queue` |
 //! | [`BUILD_INFO`] | gauge (always 1) | `version` |
 //!
 //! [`BUILD_INFO`] and [`BROKER_BLOCKED`] (0) are set by [`install`], so they
@@ -55,6 +57,12 @@ pub const BROKER_BLOCKED: &str = "warren_broker_blocked";
 /// Acks that could not be sent because their channel had died (the broker
 /// redelivers those messages), by `queue`.
 pub const STALE_ACKS_TOTAL: &str = "warren_stale_acks_total";
+/// Republishes of failed deliveries (to a retry tier or `.dead`) that the
+/// broker did not confirm, by `queue`: each pauses the queue.
+pub const REPUBLISH_FAILURES_TOTAL: &str = "warren_republish_failures_total";
+/// 1 while a queue is paused because its failed deliveries cannot be
+/// republished, else 0, by `queue`.
+pub const QUEUE_PAUSED: &str = "warren_queue_paused";
 
 /// Outbox rows the relay published (confirmed), by `table`.
 pub const RELAY_PUBLISHED_TOTAL: &str = "warren_relay_published_total";
@@ -128,7 +136,7 @@ fn describe() {
     describe_counter!(
         PUBLISHED_TOTAL,
         Unit::Count,
-        "Events published, by event_type and outcome (confirmed, unroutable, nacked, timeout, connection_lost, error)."
+        "Events published, by event_type and outcome (confirmed, unroutable, nacked, timeout, connection_lost, refused, error)."
     );
     describe_histogram!(
         PUBLISH_DURATION_SECONDS,
@@ -138,7 +146,7 @@ fn describe() {
     describe_counter!(
         CONSUMED_TOTAL,
         Unit::Count,
-        "Deliveries settled by the consumer, by queue and outcome (acked, retried, dead_lettered, requeued)."
+        "Deliveries settled by the consumer, by queue and outcome (acked, retried, dead_lettered)."
     );
     describe_histogram!(
         HANDLER_DURATION_SECONDS,
@@ -175,6 +183,15 @@ fn describe() {
     );
     describe_relay();
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the running warren version.");
+    describe_counter!(
+        REPUBLISH_FAILURES_TOTAL,
+        Unit::Count,
+        "Republishes of failed deliveries to a retry tier or .dead that failed, by queue; each pauses the queue."
+    );
+    describe_gauge!(
+        QUEUE_PAUSED,
+        "1 while a queue is paused because its failed deliveries cannot be republished, else 0, by queue."
+    );
     describe_counter!(
         STALE_ACKS_TOTAL,
         Unit::Count,

@@ -19,6 +19,7 @@ use lapin::{Channel, ExchangeKind};
 use serde_json::json;
 
 use crate::config::{QueueType, Settings};
+use crate::refusal::{NOT_FOUND, Permission, Refusal, reply};
 
 /// A queue argument value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +74,21 @@ pub enum TopologyError {
         argument: String,
         detail: String,
     },
+    /// RabbitMQ refused warren's user a permission it needs for the object.
+    #[error(
+        "declaring {kind} {name:?}: {refusal}: grant it, or set topology.declare = false and have a user that may declare the topology (warren topology apply)"
+    )]
+    Refused {
+        kind: &'static str,
+        name: String,
+        /// Boxed: the error stays small for the `Ok` path.
+        refusal: Box<Refusal>,
+    },
+    /// With `topology.declare = false`: an object warren uses does not exist.
+    #[error(
+        "{kind} {name:?} does not exist: apply the topology first (warren topology apply, as a user with the configure permission), or set topology.declare = true"
+    )]
+    Missing { kind: &'static str, name: String },
     /// Any other broker error, with the object being declared.
     #[error("declaring {kind} {name:?}: {source}")]
     Broker {
@@ -181,7 +197,8 @@ impl Topology {
     /// # Errors
     ///
     /// [`TopologyError::Mismatch`] naming the object and argument that differ
-    /// from what the broker has, or [`TopologyError::Broker`].
+    /// from what the broker has, [`TopologyError::Refused`] naming the
+    /// permission RabbitMQ refused, or [`TopologyError::Broker`].
     pub async fn declare(&self, channel: &Channel) -> Result<(), TopologyError> {
         self.declare_exchange(channel).await?;
         for q in self.queues() {
@@ -192,7 +209,7 @@ impl Topology {
             channel
                 .queue_declare(q.name.as_str().into(), opts, field_table(&q.arguments))
                 .await
-                .map_err(|e| classify("queue", &q.name, e))?;
+                .map_err(|e| classify("queue", &q.name, e, queue_permissions))?;
         }
         for b in self.bindings() {
             channel
@@ -204,9 +221,56 @@ impl Topology {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| classify("binding of queue", &b.queue, e))?;
+                .map_err(|e| classify("binding of queue", &b.queue, e, bind_permission))?;
         }
         Ok(())
+    }
+
+    /// Checks that the exchange and every queue exist, without declaring
+    /// them (passive declares: no permission needed), for
+    /// `topology.declare = false`. Arguments and bindings cannot be checked
+    /// this way.
+    ///
+    /// A missing object closes the channel: use a channel you can drop.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::Missing`] naming the first missing object, or
+    /// [`TopologyError::Broker`].
+    pub async fn check(&self, channel: &Channel) -> Result<(), TopologyError> {
+        self.check_exchange(channel).await?;
+        for q in self.queues() {
+            let opts = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(q.name.as_str().into(), opts, FieldTable::default())
+                .await
+                .map_err(|e| missing("queue", &q.name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that the events exchange exists (what a pure publisher needs).
+    ///
+    /// # Errors
+    ///
+    /// As [`Topology::check`].
+    pub async fn check_exchange(&self, channel: &Channel) -> Result<(), TopologyError> {
+        let opts = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                opts,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| missing("exchange", &self.exchange, e))
     }
 
     /// Declares only the events exchange (what a pure publisher needs).
@@ -227,7 +291,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| classify("exchange", &self.exchange, e))
+            .map_err(|e| classify("exchange", &self.exchange, e, |_| &[Permission::Configure]))
     }
 
     /// RabbitMQ definitions (the format of `rabbitmqctl export_definitions`),
@@ -290,9 +354,58 @@ fn field_table(args: &BTreeMap<&'static str, Arg>) -> FieldTable {
     t
 }
 
+/// A bind needs write on the queue and read on the exchange.
+fn bind_permission(kind: &str) -> &'static [Permission] {
+    if kind == "queue" {
+        &[Permission::Write]
+    } else {
+        &[Permission::Read]
+    }
+}
+
+/// Declaring a queue needs configure on it and, for a dead-letter exchange
+/// (work queues and retry tiers have one), read on it and write on that
+/// exchange (`amq.default`).
+fn queue_permissions(kind: &str) -> &'static [Permission] {
+    if kind == "queue" {
+        &[Permission::Configure, Permission::Read]
+    } else {
+        &[Permission::Write]
+    }
+}
+
+/// A passive declare's error: [`TopologyError::Missing`] for NOT_FOUND.
+fn missing(kind: &'static str, name: &str, e: lapin::Error) -> TopologyError {
+    match reply(&e) {
+        Some((NOT_FOUND, _)) => TopologyError::Missing {
+            kind,
+            name: name.to_owned(),
+        },
+        _ => TopologyError::Broker {
+            kind,
+            name: name.to_owned(),
+            source: e,
+        },
+    }
+}
+
 /// Turns "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue …"
-/// into a [`TopologyError::Mismatch`] naming queue and argument.
-fn classify(kind: &'static str, name: &str, e: lapin::Error) -> TopologyError {
+/// into a [`TopologyError::Mismatch`] naming queue and argument, and
+/// ACCESS_REFUSED into a [`TopologyError::Refused`] naming the permission
+/// (`implied` by the operation, for brokers that do not say it).
+fn classify(
+    kind: &'static str,
+    name: &str,
+    e: lapin::Error,
+    implied: fn(&str) -> &'static [Permission],
+) -> TopologyError {
+    if let Some(refusal) = Refusal::from_error(&e, implied) {
+        return TopologyError::Refused {
+            kind,
+            name: name.to_owned(),
+            refusal: Box::new(refusal),
+        };
+    }
     match parse_mismatch(&e.to_string()) {
         Some((argument, detail)) => TopologyError::Mismatch {
             kind,

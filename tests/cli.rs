@@ -211,3 +211,59 @@ fn a_bad_setting_is_one_line_naming_the_variable_and_a_typo_gets_a_suggestion() 
         text(&out.stderr)
     );
 }
+
+/// Runs warren until it exits, or kills it after `within` (then `None`).
+fn exit_within(args: &[&str], env: &[(&str, &str)], within: std::time::Duration) -> Option<Output> {
+    let dir = std::env::temp_dir().join(support::unique("cli"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+    cmd.args(args)
+        .current_dir(&dir)
+        .env_remove("AMQP_URL")
+        .env("WARREN_INGRESS__LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start warren");
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[tokio::test]
+async fn a_refused_login_or_a_missing_vhost_stops_each_service_at_start() {
+    // A broker is there (the refusal is its answer, not a missing broker).
+    drop(support::connect().await);
+    let user = support::unique("nobody");
+    let vhost = support::unique("novhost");
+    let wrong_password = format!("amqp://{user}:hunter22@127.0.0.1:5672/%2f");
+    let missing_vhost = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    let cases = [
+        (&wrong_password, user.as_str(), "wrong username or password"),
+        (&missing_vhost, vhost.as_str(), "does not exist"),
+    ];
+    for command in ["run", "consume", "ingress"] {
+        for (url, named, why) in &cases {
+            let out = exit_within(
+                &[command],
+                &[("WARREN_AMQP__URL", url.as_str())],
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| panic!("warren {command} kept retrying {why:?} instead of stopping"));
+            let err = text(&out.stderr);
+            assert!(!out.status.success(), "warren {command}: {err}");
+            assert!(err.contains(named) && err.contains(why), "warren {command}: {err}");
+            assert!(err.contains("on vhost"), "names the vhost: {err}");
+            assert!(!err.contains("hunter22"), "password leaked: {err}");
+        }
+    }
+}

@@ -467,3 +467,43 @@ async fn stopping_waits_for_running_handlers_and_acks_what_they_finish() {
     );
     run.assert_all_acked("what finished during the drain was acked").await;
 }
+
+#[tokio::test]
+async fn retries_are_logged_at_warn_once_per_interval_and_each_dead_letter_with_its_reason() {
+    let (logs, _guard) = support::logs::Logs::capture();
+    let conn = support::connect().await;
+    let mut s = support::settings("retry-logs", false);
+    fast_retries(&mut s, &[100, 100]);
+    let consumer = Consumer::new(s.clone())
+        .on(|_e: Envelope<UserRegistered>, _c: Context| async { Err(HandlerError::transient("receiver down")) });
+    let topology = consumer.topology();
+    let (token, handle) = start(consumer).await;
+    let event = support::registered(1);
+    Publisher::connect(&s, "tests")
+        .await
+        .unwrap()
+        .publish(&event)
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let dead = topology.dead_queue("user.registered");
+    support::wait_ready(&ch, &dead, 1, Duration::from_secs(10)).await;
+    stop(token, handle).await;
+
+    let id = event.event_id.to_string();
+    let retries = logs.matching(&[" WARN ", "retrying later", &id]);
+    assert_eq!(
+        retries.len(),
+        1,
+        "attempt 2's retry falls in the same interval: {:#?}",
+        logs.lines()
+    );
+    let line = &retries[0];
+    let tier = format!("to=\"{}\"", topology.retry_queue("user.registered", 0).unwrap());
+    for field in ["attempt=1", "tier=1", tier.as_str(), "receiver down"] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+    let parked = logs.matching(&[" WARN ", "dead-lettering", &id, "attempt=3", "reason=\"exhausted\""]);
+    assert_eq!(parked.len(), 1, "{:#?}", logs.lines());
+    support::cleanup(&conn, &topology).await;
+}

@@ -8,7 +8,15 @@ use std::path::Path;
 /// Lowest layer first. A new module goes in the layer under everything that uses it.
 const LAYERS: &[&[&str]] = &[
     &["schema"],
-    &["event", "uri", "secrets", "metrics", "process_metrics", "readiness"],
+    &[
+        "event",
+        "uri",
+        "secrets",
+        "refusal",
+        "metrics",
+        "process_metrics",
+        "readiness",
+    ],
     &["config"],
     &["topology"],
     &["amqp"],

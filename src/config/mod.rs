@@ -66,6 +66,11 @@ pub struct TopologySettings {
     /// Redeliveries after which a quorum queue dead-letters a message itself
     /// (`x-delivery-limit`): the guard against a consumer that crashes on it.
     pub delivery_limit: u32,
+    /// Declare the exchange and queues at start (needs the configure
+    /// permission). `false` only checks that they exist (passive declares,
+    /// which need no permission), so that a least-privilege user can run
+    /// warren once the topology is applied (docs/PERMISSIONS.md).
+    pub declare: bool,
 }
 
 /// Queue type of every queue warren declares.
@@ -243,6 +248,7 @@ impl Default for Settings {
                 exchange: "user.events".into(),
                 queue_type: QueueType::Quorum,
                 delivery_limit: 10,
+                declare: true,
             },
             publisher: PublisherSettings {
                 confirm_timeout: Duration::from_secs(10),

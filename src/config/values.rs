@@ -68,7 +68,7 @@ fn kind_of(key: &str) -> Option<Kind> {
         "consumer.prefetch" => whole(1, u64::from(u16::MAX)),
         "consumer.concurrency" | "relay.batch_size" | "relay.pool_size" => whole(1, usize::MAX as u64),
         "ingress.max_body" | "ingress.max_batch" => whole(0, usize::MAX as u64),
-        "publisher.resend_on_reconnect" => Kind::Bool,
+        "publisher.resend_on_reconnect" | "topology.declare" => Kind::Bool,
         "consumer.event_types" => Kind::EventTypes,
         "consumer.retry.delays" => Kind::Delays,
         "ingress.listen" | "metrics.listen" => Kind::Address,

@@ -28,7 +28,7 @@ enum Slot {
     Open,
     /// Settled by warren, not yet acked on the wire.
     Pending,
-    /// Acked (or nacked) on the wire already.
+    /// Acked on the wire already.
     Done,
 }
 
@@ -62,16 +62,6 @@ impl AckBook {
         {
             *slot = Slot::Pending;
             self.pending += 1;
-        }
-    }
-
-    /// Records that `tag` was settled on the wire already (a single nack).
-    pub(crate) fn settled_elsewhere(&mut self, tag: u64) {
-        let was_pending = self
-            .slot(tag)
-            .is_some_and(|slot| std::mem::replace(slot, Slot::Done) == Slot::Pending);
-        if was_pending {
-            self.pending -= 1;
         }
     }
 
@@ -121,9 +111,8 @@ impl AckBook {
 pub(crate) enum Settlement {
     /// Settled by warren: wants an ack.
     Ack(u64),
-    /// Nacked (requeued) on the wire already.
-    Elsewhere(u64),
-    /// Neither: the channel died first, and the broker redelivers it.
+    /// Not settled: the channel died first, or the worker stopped while its
+    /// republish waited; the broker redelivers it.
     Unsettled,
 }
 
@@ -155,7 +144,6 @@ impl Acks {
     pub(crate) fn record(&mut self, settled: Settlement) {
         match settled {
             Settlement::Ack(tag) => self.book.settle(tag),
-            Settlement::Elsewhere(tag) => self.book.settled_elsewhere(tag),
             Settlement::Unsettled => {}
         }
     }
@@ -256,13 +244,5 @@ mod tests {
         assert_eq!(b.flush(0), vec![ack(2, false)]);
         b.settle(1);
         assert_eq!(b.flush(0), vec![ack(1, true)], "ack 1 only: 2 is done");
-    }
-
-    #[test]
-    fn nacked_tags_let_the_floor_pass() {
-        let mut b = AckBook::default();
-        b.settled_elsewhere(1);
-        b.settle(2);
-        assert_eq!(b.flush(10), vec![ack(2, true)]);
     }
 }

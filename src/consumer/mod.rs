@@ -25,18 +25,24 @@
 //! to `.dead` then ack (tiers exhausted, permanent error, malformed or invalid
 //! body, unhandled type). The republish waits for the broker's confirm before
 //! the ack, so a crash in between can duplicate a message but never lose it.
-//! No failing message is ever requeued in place.
+//! No failing message is ever requeued in place: when the broker does not
+//! take a republish (it refuses the write permission on the default
+//! exchange, a tier is missing), the queue pauses, starting no handler,
+//! and the republish is retried with backoff, its delivery held unacked,
+//! until it goes through (or the consumer stops, leaving it for redelivery).
 
 mod acks;
 mod handler;
 pub mod headers;
+mod pause;
 mod policy;
 mod process;
 mod route;
+mod throttle;
 mod worker;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::Connection;
 use tokio::task::JoinSet;
@@ -52,7 +58,7 @@ use policy::RetryPolicy;
 use route::{Route, Typed, route_for};
 use worker::WorkerLost;
 
-use crate::amqp::{self, Backoff, ConnectOptions};
+use crate::amqp::{self, Backoff, ConnectError, ConnectOptions};
 use crate::config::Settings;
 use crate::event::Event;
 use crate::publisher::Publisher;
@@ -68,7 +74,16 @@ pub enum ConsumerError {
     /// `run` was called without any handler.
     #[error("no handlers registered: call .on::<Event>(handler) first")]
     NoHandlers,
+    /// RabbitMQ refused the login or the vhost before the consumer ever
+    /// connected: fix `amqp.url` or the broker's users.
+    #[error(transparent)]
+    Refused(ConnectError),
 }
+
+/// A session that lasted this long resets the reconnect backoff; one the
+/// broker ends sooner (a refused permission closes a channel at once) backs
+/// off further each time instead of reconnecting in a loop.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// A consumer service: one work queue per registered event type.
 pub struct Consumer {
@@ -157,18 +172,20 @@ impl Consumer {
     /// Runs until `shutdown` is cancelled, then stops taking deliveries, lets
     /// in-flight handlers finish within `consumer.shutdown_timeout`, settles
     /// their messages and returns. A lost connection is re-established with
-    /// capped, jittered backoff.
+    /// capped, jittered backoff; so is a first connection the broker does
+    /// not answer (it may still be starting).
     ///
     /// # Errors
     ///
     /// [`ConsumerError::Topology`] when the broker's queues do not match the
-    /// settings; [`ConsumerError::NoHandlers`].
+    /// settings; [`ConsumerError::Refused`] when the broker refuses the login
+    /// or the vhost before the consumer ever connected;
+    /// [`ConsumerError::NoHandlers`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         if self.routes.is_empty() {
             return Err(ConsumerError::NoHandlers);
         }
         let topology = Arc::new(self.topology());
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
         metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
         self.readiness.set(CONNECTION, false, "connecting");
         // Every queue is a part from the start: connected is not yet consuming.
@@ -176,36 +193,55 @@ impl Consumer {
             let part = queue_part(&topology.work_queue(route.event_type()));
             self.readiness.set(&part, false, "not consuming yet");
         }
-        let result = loop {
-            match self.session(&topology, &shutdown).await {
-                Ok(()) => break Ok(()),
-                Err(SessionError::Fatal(e)) => break Err(e),
-                Err(SessionError::Lost { reason, connected }) => {
-                    if connected {
-                        backoff.reset();
-                    }
-                    metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
-                    self.readiness.set(CONNECTION, false, format!("reconnecting: {reason}"));
-                    let wait = backoff.next_delay();
-                    warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break Ok(()),
-                        () = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-            if shutdown.is_cancelled() {
-                break Ok(());
-            }
-        };
+        let result = self.sessions(&topology, &shutdown).await;
         self.readiness.set(CONNECTION, false, "stopped");
         result
+    }
+
+    /// One session after another, with backoff between them, until
+    /// `shutdown` or an error that retrying cannot fix.
+    async fn sessions(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), ConsumerError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        let mut connected_once = false;
+        loop {
+            let (reason, lived) = match self.session(topology, shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(SessionError::Fatal(e)) => return Err(e),
+                // At start, a refused login or vhost is a configuration
+                // error: retrying would only hide it behind warnings.
+                Err(SessionError::Refused(e)) if !connected_once => return Err(ConsumerError::Refused(e)),
+                Err(SessionError::Refused(e)) => (e.to_string(), None),
+                Err(SessionError::Lost { reason, lived }) => (reason, lived),
+            };
+            if let Some(lived) = lived {
+                connected_once = true;
+                if lived >= STABLE_SESSION {
+                    backoff.reset();
+                }
+            }
+            metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
+            self.readiness.set(CONNECTION, false, format!("reconnecting: {reason}"));
+            let wait = backoff.next_delay();
+            if lived.is_some() {
+                warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");
+            } else {
+                warn!(%reason, retry_in = ?wait, "consumer cannot start consuming yet; retrying");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
     }
 
     /// One connection's life: connect and declare, run a worker per queue
     /// until `shutdown` or until one of them loses its channel.
     async fn session(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), SessionError> {
         let (conn, republisher) = self.connect(topology).await?;
+        let started = Instant::now();
         metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
         self.readiness.set(CONNECTION, true, "connected");
         info!(
@@ -220,23 +256,33 @@ impl Consumer {
         match lost {
             Some(reason) if !shutdown.is_cancelled() => Err(SessionError::Lost {
                 reason,
-                connected: true,
+                lived: Some(started.elapsed()),
             }),
             _ => Ok(()),
         }
     }
 
-    /// Connects, declares the topology and opens the republisher (for
+    /// Connects, declares the topology (or, with `topology.declare =
+    /// false`, checks that it exists) and opens the republisher (for
     /// retries and dead letters) on the same connection.
     async fn connect(&self, topology: &Topology) -> Result<(Arc<Connection>, Publisher), SessionError> {
         let s = &self.settings;
         let opts = ConnectOptions::new(&s.amqp, &format!("consumer {}", s.consumer.service));
-        let conn = Arc::new(amqp::connect(&opts).await.map_err(SessionError::setup)?);
+        let conn = match amqp::connect(&opts).await {
+            Ok(conn) => Arc::new(conn),
+            Err(e) if e.is_refused() => return Err(SessionError::Refused(e)),
+            Err(e) => return Err(SessionError::setup(e)),
+        };
         let setup = conn
             .create_channel()
             .await
             .map_err(|e| SessionError::setup(amqp::describe(&e)))?;
-        match topology.declare(&setup).await {
+        let ready = if s.topology.declare {
+            topology.declare(&setup).await
+        } else {
+            topology.check(&setup).await
+        };
+        match ready {
             Ok(()) => {}
             Err(e @ TopologyError::Mismatch { .. }) => return Err(SessionError::Fatal(e.into())),
             Err(e) => return Err(SessionError::setup(e)),
@@ -297,10 +343,13 @@ impl Consumer {
 
 enum SessionError {
     Fatal(ConsumerError),
-    /// `connected`: the session got as far as consuming before it was lost.
+    /// The broker refused the login or the vhost.
+    Refused(ConnectError),
+    /// `lived`: how long the session consumed before it was lost; `None`
+    /// when it never got that far.
     Lost {
         reason: String,
-        connected: bool,
+        lived: Option<Duration>,
     },
 }
 
@@ -308,7 +357,7 @@ impl SessionError {
     fn setup(reason: impl ToString) -> Self {
         Self::Lost {
             reason: reason.to_string(),
-            connected: false,
+            lived: None,
         }
     }
 }

@@ -1,20 +1,23 @@
 //! One delivery, from its handler to what its channel owes the broker: the
 //! handler runs, the policy decides the delivery's [`Fate`], a failure is
-//! republished (the confirm awaited), and the [`Settlement`] says what to ack.
+//! republished (the confirm awaited, retried with backoff while the queue
+//! pauses), and the [`Settlement`] says what to ack.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::BasicNackOptions;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::acks::Settlement;
 use super::handler::Context;
 use super::headers::{self, Origin};
+use super::pause::Pause;
 use super::policy::{Fate, RetryPolicy};
 use super::route::{Outcome, Route};
+use super::throttle::Throttle;
 use crate::publisher::{Message, Publisher};
 use crate::topology::Topology;
 
@@ -26,9 +29,15 @@ pub(crate) struct Processor {
     pub policy: RetryPolicy,
     pub republisher: Publisher,
     pub queue: Arc<str>,
-    /// The queue's channel, for the nack when a republish fails.
+    /// The queue's channel: a republish stops waiting when it is gone.
     pub channel: Channel,
     pub metrics: QueueMetrics,
+    /// Paused while failed deliveries cannot be republished.
+    pub pause: Arc<Pause>,
+    /// Cancelled when the worker stops: a waiting republish gives up.
+    pub stop: CancellationToken,
+    /// Rate limit of this queue's retry lines.
+    pub retry_log: Throttle,
 }
 
 /// Metric handles of one queue, registered once instead of per delivery.
@@ -36,7 +45,6 @@ pub(crate) struct QueueMetrics {
     acked: metrics::Counter,
     retried: metrics::Counter,
     dead_lettered: metrics::Counter,
-    requeued: metrics::Counter,
     handler: metrics::Histogram,
 }
 
@@ -47,7 +55,6 @@ impl QueueMetrics {
             acked: counter("acked"),
             retried: counter("retried"),
             dead_lettered: counter("dead_lettered"),
-            requeued: counter("requeued"),
             handler: metrics::histogram!(crate::metrics::HANDLER_DURATION_SECONDS, "queue" => queue.to_owned()),
         }
     }
@@ -100,8 +107,8 @@ impl Processor {
 
     /// Publishes a delivery to the queue its fate names (its retry tier's
     /// or `.dead`) and waits for the confirm: then it wants an ack (a crash
-    /// in between duplicates, never loses). If it cannot be published, it
-    /// goes back to its queue.
+    /// in between duplicates, never loses). If it cannot be published, the
+    /// queue pauses and it tries again with backoff, never requeued.
     async fn republish(&self, delivery: &Delivery, attempt: u32, fate: Fate) -> Settlement {
         let tag = delivery.delivery_tag;
         let Some(to) = self.destination(delivery, attempt, &fate) else {
@@ -125,11 +132,30 @@ impl Processor {
             body: &delivery.data,
             properties,
         };
-        match self.republisher.send(msg).await {
-            Ok(()) => self.acked(&fate, tag),
-            Err(e) => {
-                warn!(error = %e, target = to, "cannot republish; returning the message to its queue");
-                self.requeue(tag).await
+        if self.send_until_taken(msg).await {
+            self.acked(&fate, tag)
+        } else {
+            // The worker stops or its channel is gone: the broker redelivers it.
+            Settlement::Unsettled
+        }
+    }
+
+    /// Sends `msg` until the broker confirms it, pausing the queue between
+    /// attempts (the delivery stays unacked meanwhile); `false` when the
+    /// worker stops or its channel dies first.
+    async fn send_until_taken(&self, msg: Message<'_>) -> bool {
+        loop {
+            let Err(e) = self.republisher.send(msg.clone()).await else {
+                self.pause.succeeded();
+                return true;
+            };
+            let wait = self.pause.failed(msg.routing_key, &e);
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                () = tokio::time::sleep(wait) => {}
+            }
+            if !self.channel.status().connected() {
+                return false;
             }
         }
     }
@@ -141,9 +167,20 @@ impl Processor {
         match fate {
             Fate::Ack => None,
             Fate::Retry { tier, error } => {
-                debug!(tier, error, "retrying later");
                 let to = self.topology.retry_queue(event_type, *tier);
-                Some(to.expect("policy tiers match topology tiers"))
+                let to = to.expect("policy tiers match topology tiers");
+                let event_id = headers::message_id(&delivery.properties).unwrap_or("");
+                // Visible at the default level, but one line per queue per
+                // interval: a receiver that is down fails every delivery.
+                match self.retry_log.admit(Instant::now()) {
+                    Some(suppressed) => warn!(
+                        queue = %self.queue, event_id, attempt, tier = tier + 1, to,
+                        error = crate::event::truncate(error, headers::MAX_ERROR_LEN), suppressed,
+                        "transient failure: retrying later"
+                    ),
+                    None => debug!(event_id, attempt, tier = tier + 1, error, "retrying later"),
+                }
+                Some(to)
             }
             Fate::DeadLetter { reason, error } => {
                 let event_id = headers::message_id(&delivery.properties).unwrap_or("");
@@ -162,21 +199,5 @@ impl Processor {
         }
         .increment(1);
         Settlement::Ack(tag)
-    }
-
-    /// Returns a delivery that could not be republished to its queue, after a pause.
-    async fn requeue(&self, tag: u64) -> Settlement {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let requeue = BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        };
-        self.metrics.requeued.increment(1);
-        if self.channel.basic_nack(tag, requeue).await.is_ok() {
-            Settlement::Elsewhere(tag)
-        } else {
-            // The channel is gone: the broker redelivers it.
-            Settlement::Unsettled
-        }
     }
 }

@@ -18,12 +18,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::acks::{Acks, Settlement};
+use super::pause::Pause;
 use super::policy::RetryPolicy;
 use super::process::{Processor, QueueMetrics};
 use super::route::Route;
+use super::throttle::{RETRY_LOG_EVERY, Throttle};
 use crate::amqp::describe;
 use crate::publisher::Publisher;
 use crate::readiness::Readiness;
+use crate::refusal::{Permission, Refusal};
 use crate::topology::Topology;
 
 /// Per-queue limits.
@@ -78,7 +81,7 @@ impl Worker {
             "consuming"
         );
         let shutdown_timeout = self.shutdown_timeout;
-        let mut consuming = Consuming::new(self, &channel, &queue);
+        let mut consuming = Consuming::new(self, &channel, &queue, &stop);
         let result = consuming.deliver(&mut deliveries, &stop).await;
         if result.is_ok() {
             // Stop new deliveries; prefetched ones not started stay unacked and go back to the queue.
@@ -111,7 +114,9 @@ async fn open(conn: &Connection, queue: &str, prefetch: u16) -> Result<(Channel,
             FieldTable::default(),
         )
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| {
+            Refusal::from_error(&e, |_| &[Permission::Read]).map_or_else(|| describe(&e), |r| r.to_string())
+        })?;
     Ok((channel, deliveries))
 }
 
@@ -129,7 +134,7 @@ struct Consuming {
 }
 
 impl Consuming {
-    fn new(worker: Worker, channel: &Channel, queue: &str) -> Self {
+    fn new(worker: Worker, channel: &Channel, queue: &str, stop: &CancellationToken) -> Self {
         let (settled_tx, settled_rx) = mpsc::unbounded_channel();
         Self {
             acks: Acks::new(channel.clone(), queue.to_owned(), usize::from(worker.limits.prefetch)),
@@ -142,6 +147,9 @@ impl Consuming {
                 queue: Arc::from(queue),
                 channel: channel.clone(),
                 metrics: QueueMetrics::new(queue),
+                pause: Arc::new(Pause::new(queue)),
+                stop: stop.clone(),
+                retry_log: Throttle::new(RETRY_LOG_EVERY),
             }),
             tracker: TaskTracker::new(),
             settled_tx,
@@ -194,12 +202,38 @@ impl Consuming {
                 }
             };
             match next {
-                Some(Ok(delivery)) => self.start(delivery, reserved).await,
+                Some(Ok(delivery)) => {
+                    // Taken while the queue paused, it waits unstarted (and unacked).
+                    if self.processor.pause.is_paused() && !self.wait_resumed(stop).await {
+                        break;
+                    }
+                    self.start(delivery, reserved).await;
+                }
                 Some(Err(e)) => return Err(describe(&e)),
                 None => return Err("the broker cancelled the consumer (queue deleted?)".into()),
             }
         }
         Ok(())
+    }
+
+    /// While the queue is paused (its failed deliveries cannot be
+    /// republished), starts no handler: prefetched deliveries wait unacked
+    /// in the stream, and the handlers running are settled as they finish.
+    /// `false` when `stop` came first.
+    async fn wait_resumed(&mut self, stop: &CancellationToken) -> bool {
+        let pause = self.processor.pause.clone();
+        loop {
+            self.acks.flush().await;
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return false,
+                () = pause.resumed() => return true,
+                Some(s) = self.settled_rx.recv(), if self.in_tasks > 0 => {
+                    self.in_tasks -= 1;
+                    self.acks.record(s);
+                }
+            }
+        }
     }
 
     /// Processes `delivery`. A handler that finishes without waiting (most

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::event::{DecodeError, EVENT_TYPES};
 use crate::publisher::PublishError;
+use crate::refusal::Refusal;
 
 /// Seconds a client is asked to wait (`Retry-After`) on a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -188,6 +189,15 @@ impl ApiError {
         )
     }
 
+    /// 503: the sink is not ready; names the permission the broker refused
+    /// when that is why.
+    pub fn not_ready(refusal: Option<&Refusal>) -> Self {
+        match refusal {
+            Some(r) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "broker_refused", refused_message(r)),
+            None => Self::unavailable(),
+        }
+    }
+
     /// 503: `ingress.request_timeout` passed before an answer.
     pub fn timeout() -> Self {
         Self::new(
@@ -289,6 +299,7 @@ pub fn publish_body(err: &PublishError, event_id: Uuid) -> (StatusCode, ErrorBod
              retry later with the same event_id"
                 .to_owned(),
         ),
+        PublishError::Refused(r) => (StatusCode::SERVICE_UNAVAILABLE, "broker_refused", refused_message(r)),
         PublishError::Setup(_) | PublishError::Serialize(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -298,6 +309,17 @@ pub fn publish_body(err: &PublishError, event_id: Uuid) -> (StatusCode, ErrorBod
     let mut body = ErrorBody::new(code, message);
     body.event_id = Some(event_id);
     (status, body)
+}
+
+/// What a client is told of a refused permission: which one, on which
+/// object (the broker's user and vhost stay in the logs).
+pub fn refused_message(r: &Refusal) -> String {
+    format!(
+        "the message broker refused warren the {} permission on {}; nothing was published: \
+         the broker's administrator must grant it, then retry",
+        r.permission(),
+        r.object()
+    )
 }
 
 #[derive(Serialize)]

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, json};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, refused_message};
 use super::probes::{metrics_answer, readiness_answer};
 use crate::metrics::BROKER_CONNECTED;
 
@@ -23,7 +23,12 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let publisher = if state.sink().is_ready() {
         json!({"ready": true, "detail": "connected"})
     } else {
-        json!({"ready": false, "detail": "not connected to the message broker"})
+        // A refusal names the permission and the object, not "unreachable".
+        let detail = state.sink().refusal().map_or_else(
+            || "not connected to the message broker".to_owned(),
+            |r| refused_message(&r),
+        );
+        json!({"ready": false, "detail": detail})
     };
     let checks = Map::from_iter([("publisher".to_owned(), publisher)]);
     readiness_answer(checks, state.readiness())

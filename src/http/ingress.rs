@@ -44,7 +44,7 @@ pub(crate) async fn publish_one(
         }
     })?;
     if !state.sink().is_ready() {
-        return Err(ApiError::unavailable());
+        return Err(ApiError::not_ready(state.sink().refusal().as_ref()));
     }
     publish(&state, &env)
         .await
@@ -161,7 +161,7 @@ pub(crate) async fn publish_batch(
         .map(|raw| RawEnvelope::parse_known(raw.get().as_bytes()).map(|(env, _)| env))
         .collect();
     if parsed.iter().any(Result::is_ok) && !state.sink().is_ready() {
-        return Err(ApiError::unavailable());
+        return Err(ApiError::not_ready(state.sink().refusal().as_ref()));
     }
     let results = join_all(
         parsed

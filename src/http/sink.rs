@@ -5,6 +5,7 @@ use futures_util::future::BoxFuture;
 
 use crate::event::RawEnvelope;
 use crate::publisher::{PublishError, Publisher};
+use crate::refusal::Refusal;
 
 /// A destination for validated events. The ingress answers 202 only after
 /// [`EventSink::publish`] returned `Ok`.
@@ -22,6 +23,12 @@ pub trait EventSink: Send + Sync + 'static {
     /// Whether publishing can currently succeed (`/readyz`; a request gets 503
     /// without trying when it is `false`).
     fn is_ready(&self) -> bool;
+
+    /// The permission the broker refused, when that is why publishing
+    /// fails: the 503 then names it instead of blaming the network.
+    fn refusal(&self) -> Option<Refusal> {
+        None
+    }
 }
 
 impl EventSink for Publisher {
@@ -33,5 +40,9 @@ impl EventSink for Publisher {
 
     fn is_ready(&self) -> bool {
         self.is_connected()
+    }
+
+    fn refusal(&self) -> Option<Refusal> {
+        Publisher::refusal(self)
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::amqp;
+use crate::refusal::{Permission, Refusal};
 
 /// Why a publish is not confirmed. Nothing here means "maybe delivered"
 /// except [`PublishError::Timeout`] and [`PublishError::ConnectionLost`],
@@ -22,6 +23,12 @@ pub enum PublishError {
     /// The channel or connection closed before the confirm.
     #[error("connection to RabbitMQ lost: {0}")]
     ConnectionLost(String),
+    /// RabbitMQ refused warren's user the write permission on the exchange:
+    /// nothing was published. (A refused declare fails the connection
+    /// instead; [`crate::Publisher::refusal`] names it.) Boxed: the error
+    /// stays small for the `Ok` path.
+    #[error("{0}")]
+    Refused(Box<Refusal>),
     /// Connecting or preparing the channel failed.
     #[error("{0}")]
     Setup(String),
@@ -38,4 +45,13 @@ pub(super) fn setup_err(e: lapin::Error) -> PublishError {
 /// The channel or connection died under a publish.
 pub(super) fn lost(e: lapin::Error) -> PublishError {
     PublishError::ConnectionLost(amqp::describe(&e))
+}
+
+/// A publish failed: refused (the broker closed the channel for want of
+/// the write permission), or lost.
+pub(super) fn publish_failed(e: lapin::Error) -> PublishError {
+    match Refusal::from_error(&e, |_| &[Permission::Write]) {
+        Some(refusal) => PublishError::Refused(Box::new(refusal)),
+        None => lost(e),
+    }
 }

@@ -44,6 +44,7 @@ pub fn outcome(result: &Result<(), PublishError>) -> &'static str {
         Err(PublishError::Nacked { .. }) => "nacked",
         Err(PublishError::Timeout(_)) => "timeout",
         Err(PublishError::ConnectionLost(_)) => "connection_lost",
+        Err(PublishError::Refused(_)) => "refused",
         Err(PublishError::Setup(_) | PublishError::Serialize(_)) => "error",
     }
 }

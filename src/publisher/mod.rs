@@ -13,21 +13,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod channel;
 mod error;
 mod expiry;
+mod health;
 mod metrics;
 mod properties;
 mod send;
 mod supervisor;
 
 use futures_util::future::join_all;
-use lapin::options::ConfirmSelectOptions;
 use lapin::{BasicProperties, Connection};
 use tokio::sync::watch;
 
+use channel::{confirm_channel, supervise_channel};
 pub use error::PublishError;
-use error::setup_err;
 use expiry::Expiries;
+use health::Health;
 use metrics::PublishMetrics;
 pub use metrics::outcome as metric_outcome;
 pub use properties::event_properties;
@@ -36,6 +38,7 @@ use supervisor::{Link, Target, supervise};
 
 use crate::config::Settings;
 use crate::event::{Envelope, Event, RawEnvelope};
+use crate::refusal::Refusal;
 
 /// One message to publish: body plus the AMQP properties that go with it.
 #[derive(Debug, Clone)]
@@ -69,12 +72,14 @@ struct Inner {
     expiries: Expiries,
     resend: bool,
     metrics: PublishMetrics,
+    health: Arc<Health>,
     // Cancelled (stopping the supervisor) when the last clone is dropped.
     _supervisor: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Publisher {
-    /// Connects, opens a confirm channel, declares the events exchange, and
+    /// Connects, opens a confirm channel, declares the events exchange (or,
+    /// with `topology.declare = false`, checks that it exists), and
     /// keeps the connection up from then on. The connection is named
     /// `<amqp.connection_name> <role>` in the management console.
     ///
@@ -84,14 +89,15 @@ impl Publisher {
     /// connection fails.
     pub async fn connect(settings: &Settings, role: &str) -> Result<Self, PublishError> {
         let target = Target::new(settings, role);
-        let first = target.open().await?;
+        let first = target.open().await.map_err(|e| e.error)?;
         Ok(Self::supervised(settings, target, Some(first)))
     }
 
     /// A publisher that connects in the background and keeps retrying until
     /// it can: for services that must start (and answer "not ready") while
     /// the broker is still down. Publishes wait for the connection until
-    /// their deadline.
+    /// their deadline. If the broker refuses the login or the vhost before
+    /// the first connection, it gives up: see [`Publisher::failed`].
     #[must_use]
     pub fn start(settings: &Settings, role: &str) -> Self {
         Self::supervised(settings, Target::new(settings, role), None)
@@ -100,7 +106,8 @@ impl Publisher {
     fn supervised(settings: &Settings, target: Target, first: Option<Arc<Link>>) -> Self {
         let (tx, rx) = watch::channel(first.clone());
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(supervise(target, first, tx, stop.clone()));
+        let health = Arc::new(Health::default());
+        tokio::spawn(supervise(target, first, tx, health.clone(), stop.clone()));
         Self {
             inner: Arc::new(Inner {
                 link: rx,
@@ -109,13 +116,16 @@ impl Publisher {
                 expiries: Expiries::new(settings.publisher.confirm_timeout),
                 resend: settings.publisher.resend_on_reconnect,
                 metrics: PublishMetrics::default(),
+                health,
                 _supervisor: Some(stop.drop_guard()),
             }),
         }
     }
 
-    /// A publisher on a new channel of an existing connection, without
-    /// reconnection: whoever owns the connection restarts it.
+    /// A publisher on a new channel of an existing connection. It reopens
+    /// its channel, with backoff, when the broker closes it (a refused
+    /// permission, a precondition) and stops when the connection is gone:
+    /// whoever owns the connection restarts it.
     ///
     /// # Errors
     ///
@@ -125,16 +135,11 @@ impl Publisher {
         exchange: &str,
         confirm_timeout: Duration,
     ) -> Result<Self, PublishError> {
-        let channel = conn.create_channel().await.map_err(setup_err)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(setup_err)?;
-        let link = Arc::new(Link {
-            channel,
-            connection: conn,
-        });
-        let (_tx, rx) = watch::channel(Some(link));
+        let link = confirm_channel(&conn).await?;
+        let (tx, rx) = watch::channel(Some(link.clone()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let health = Arc::new(Health::default());
+        tokio::spawn(supervise_channel(link, tx, health.clone(), stop.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 link: rx,
@@ -143,7 +148,8 @@ impl Publisher {
                 expiries: Expiries::new(confirm_timeout),
                 resend: false,
                 metrics: PublishMetrics::default(),
-                _supervisor: None,
+                health,
+                _supervisor: Some(stop.drop_guard()),
             }),
         })
     }
@@ -162,6 +168,21 @@ impl Publisher {
             .borrow()
             .as_ref()
             .is_some_and(|l| l.channel.status().connected())
+    }
+
+    /// The permission RabbitMQ refused this publisher (to declare the
+    /// exchange, or to publish to it) since it last (re)connected: why it
+    /// cannot publish, when that is why. `None` when nothing was refused.
+    #[must_use]
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.inner.health.refusal()
+    }
+
+    /// Resolves when a publisher made with [`Publisher::start`] has given up
+    /// for good: RabbitMQ refused its login or vhost before it ever
+    /// connected. Never resolves otherwise. A service ends on it.
+    pub async fn failed(&self) -> PublishError {
+        self.inner.health.failed().await
     }
 
     /// Publishes a typed event and waits for the broker's confirm.

@@ -8,7 +8,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::watch;
 
-use super::error::{PublishError, lost};
+use super::error::{PublishError, publish_failed};
 use super::supervisor::Link;
 use super::{Publisher, metrics};
 
@@ -58,7 +58,13 @@ impl Publisher {
                 .await
                 {
                     Ok(Ok(link)) => link.clone().expect("waited for Some"),
-                    Ok(Err(_)) => return Err(PublishError::ConnectionLost("publisher stopped".into())),
+                    Ok(Err(_)) => {
+                        return Err(self
+                            .inner
+                            .health
+                            .fatal()
+                            .unwrap_or_else(|| PublishError::ConnectionLost("publisher stopped".into())));
+                    }
                     Err(_) => {
                         return Err(PublishError::ConnectionLost(format!(
                             "not connected to RabbitMQ for {timeout:?}"
@@ -72,6 +78,12 @@ impl Publisher {
                 () = expiry.expired() => return Err(PublishError::Timeout(timeout)),
             };
             match sent {
+                Err(PublishError::Refused(refusal)) => {
+                    // Until the supervisor has a channel again, the refusal
+                    // is why this publisher cannot publish.
+                    self.inner.health.refused(&refusal);
+                    return Err(PublishError::Refused(refusal));
+                }
                 Err(PublishError::ConnectionLost(reason)) => {
                     if !self.inner.resend || self.inner._supervisor.is_none() {
                         return Err(PublishError::ConnectionLost(reason));
@@ -111,8 +123,8 @@ async fn send_on(channel: &Channel, to: &Destination<'_>, properties: BasicPrope
             properties,
         )
         .await
-        .map_err(lost)?;
-    match confirm.await.map_err(lost)? {
+        .map_err(publish_failed)?;
+    match confirm.await.map_err(publish_failed)? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
             exchange: to.exchange.to_owned(),

@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::channel::{Reopener, confirm_channel};
 use super::error::{PublishError, setup_err};
+use super::health::Health;
 use crate::amqp::{self, Backoff, ConnectOptions};
 use crate::config::Settings;
-use crate::topology::Topology;
+use crate::refusal::Refusal;
+use crate::topology::{Topology, TopologyError};
 
 /// One live connection and its confirm channel.
 pub(super) struct Link {
@@ -21,10 +23,12 @@ pub(super) struct Link {
     pub(super) connection: Arc<Connection>,
 }
 
-/// Where the supervisor connects, and what it declares there.
+/// Where the supervisor connects, and what it declares (or checks) there.
 pub(super) struct Target {
     opts: ConnectOptions,
     topology: Topology,
+    /// `topology.declare`: declare the exchange, or only check that it exists.
+    declare: bool,
 }
 
 impl Target {
@@ -32,42 +36,74 @@ impl Target {
         Self {
             opts: ConnectOptions::new(&settings.amqp, role),
             topology: Topology::from_settings(settings),
+            declare: settings.topology.declare,
         }
     }
 
-    pub(super) async fn open(&self) -> Result<Arc<Link>, PublishError> {
-        let conn = Arc::new(
-            amqp::connect(&self.opts)
-                .await
-                .map_err(|e| PublishError::Setup(e.to_string()))?,
-        );
+    pub(super) async fn open(&self) -> Result<Arc<Link>, OpenError> {
+        let conn = Arc::new(amqp::connect(&self.opts).await.map_err(|e| OpenError {
+            login_refused: e.is_refused(),
+            ..PublishError::Setup(e.to_string()).into()
+        })?);
+        self.prepare(conn).await
+    }
+
+    /// Declares (or checks) the exchange and opens the confirm channel.
+    async fn prepare(&self, conn: Arc<Connection>) -> Result<Arc<Link>, OpenError> {
         let setup = conn.create_channel().await.map_err(setup_err)?;
-        self.topology
-            .declare_exchange(&setup)
-            .await
-            .map_err(|e| PublishError::Setup(e.to_string()))?;
+        let ready = if self.declare {
+            self.topology.declare_exchange(&setup).await
+        } else {
+            self.topology.check_exchange(&setup).await
+        };
+        ready.map_err(|e| OpenError {
+            refusal: match &e {
+                TopologyError::Refused { refusal, .. } => Some((**refusal).clone()),
+                _ => None,
+            },
+            ..PublishError::Setup(e.to_string()).into()
+        })?;
         let _ = setup.close(200, "declared".into()).await;
-        let channel = conn.create_channel().await.map_err(setup_err)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(setup_err)?;
-        Ok(Arc::new(Link {
-            channel,
-            connection: conn,
-        }))
+        Ok(confirm_channel(&conn).await?)
+    }
+}
+
+/// Why [`Target::open`] failed.
+pub(super) struct OpenError {
+    pub(super) error: PublishError,
+    /// The broker refused the login or the vhost.
+    pub(super) login_refused: bool,
+    /// The permission the broker refused declaring the exchange.
+    pub(super) refusal: Option<Refusal>,
+}
+
+impl From<PublishError> for OpenError {
+    fn from(error: PublishError) -> Self {
+        Self {
+            error,
+            login_refused: false,
+            refusal: None,
+        }
     }
 }
 
 /// Watches the live link; when it dies, clears it (publishes wait) and
-/// reconnects with backoff.
+/// reopens its channel, or reconnects when the connection died, with
+/// backoff. Gives up, telling `health`, when the broker refuses the login
+/// or the vhost before the first connection: that is a configuration
+/// error, which waiting does not fix.
 pub(super) async fn supervise(
     target: Target,
     mut link: Option<Arc<Link>>,
     tx: watch::Sender<Option<Arc<Link>>>,
+    health: Arc<Health>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut connecting = Connecting {
+        backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+        connected_once: link.is_some(),
+    };
+    let mut reopener = Reopener::new();
     loop {
         if let Some(live) = &link {
             metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "publisher").set(1.0);
@@ -76,32 +112,74 @@ pub(super) async fn supervise(
                 cause = watch_link(live) => cause,
             };
             let _ = tx.send(None);
+            // The broker closed only the channel: open another on the same connection.
+            if live.connection.status().connected()
+                && let Some(new) = reopener.reopen(&live.connection.clone(), &cause, &stop).await
+            {
+                health.connected();
+                let _ = tx.send(Some(new.clone()));
+                link = Some(new);
+                continue;
+            }
+            if stop.is_cancelled() {
+                return;
+            }
             tracing::warn!(%cause, "publisher lost its connection to RabbitMQ; reconnecting");
         }
         metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "publisher").set(0.0);
-        link = loop {
+        link = connecting.connect(&target, &health, &stop).await;
+        let Some(new) = &link else { return };
+        let _ = tx.send(Some(new.clone()));
+        reopener.connected();
+    }
+}
+
+/// The reconnect loop's state.
+struct Connecting {
+    backoff: Backoff,
+    connected_once: bool,
+}
+
+impl Connecting {
+    /// Connects with backoff until it works; `None` when `stop` is cancelled
+    /// or the broker refuses the login or vhost before any first connection.
+    async fn connect(&mut self, target: &Target, health: &Health, stop: &CancellationToken) -> Option<Arc<Link>> {
+        loop {
             match target.open().await {
                 Ok(new) => {
-                    let _ = tx.send(Some(new.clone()));
-                    backoff.reset();
+                    health.connected();
+                    self.backoff.reset();
+                    self.connected_once = true;
                     tracing::info!("publisher connected to RabbitMQ");
-                    break Some(new);
+                    return Some(new);
                 }
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "publisher cannot connect yet");
+                Err(OpenError {
+                    error,
+                    login_refused: true,
+                    ..
+                }) if !self.connected_once => {
+                    tracing::error!(%error, "publisher gives up");
+                    health.give_up(error);
+                    return None;
+                }
+                Err(OpenError { error, refusal, .. }) => {
+                    if let Some(refusal) = &refusal {
+                        health.refused(refusal);
+                    }
+                    let wait = self.backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?wait, "publisher cannot connect yet");
                     tokio::select! {
-                        () = stop.cancelled() => return,
+                        () = stop.cancelled() => return None,
                         () = tokio::time::sleep(wait) => {}
                     }
                 }
             }
-        };
+        }
     }
 }
 
 /// Resolves when the link is dead; logs flow control on the way.
-async fn watch_link(link: &Link) -> String {
+pub(super) async fn watch_link(link: &Link) -> String {
     let mut events = link.connection.events_listener();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {

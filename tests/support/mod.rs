@@ -2,7 +2,9 @@
 //! when there is no broker (a broker test never skips).
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod faults;
+pub mod logs;
 pub mod proxy;
 
 use std::sync::Arc;

@@ -290,10 +290,12 @@ fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
 
 /// Serves the ingress (and metrics) until `shutdown`; the publisher connects
 /// in the background so /healthz answers and /readyz says 503 while the
-/// broker is down.
+/// broker is down. Ends with an error (cancelling `shutdown`) when the
+/// broker refuses the publisher's login or vhost at start.
 async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Readiness) -> anyhow::Result<()> {
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
+    let refused = publisher.clone();
     let state =
         warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress).with_readiness(readiness);
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
@@ -302,6 +304,23 @@ async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Re
     // The bound address, not the setting: with port 0 the log says which port.
     let listen = listener.local_addr().unwrap_or(settings.ingress.listen);
     tracing::info!(listen = %listen, "ingress listening");
+    tokio::select! {
+        served = serve(settings, listener, state, handle, shutdown.clone()) => served,
+        error = refused.failed() => {
+            shutdown.cancel();
+            Err(error.into())
+        }
+    }
+}
+
+/// Serves the ingress, and `/metrics` on `metrics.listen` when it is set.
+async fn serve(
+    settings: &Settings,
+    listener: tokio::net::TcpListener,
+    state: warren::http::AppState,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     match settings.metrics.listen {
         None => warren::http::serve(listener, state.with_metrics(handle), shutdown).await?,
         Some(addr) => {
