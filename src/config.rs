@@ -159,6 +159,8 @@ impl RetrySettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngressSettings {
+    /// Where the ingress listens: port 8597 by default, away from the ports
+    /// of the services warren sits between (Go on 8080, Django on 8000).
     pub listen: SocketAddr,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
@@ -224,7 +226,7 @@ impl Default for Settings {
                 },
             },
             ingress: IngressSettings {
-                listen: "127.0.0.1:8080".parse().expect("literal address"),
+                listen: "127.0.0.1:8597".parse().expect("literal address"),
                 max_body: 64 * 1024,
                 max_batch: 500,
                 token: None,
@@ -580,6 +582,16 @@ mod tests {
         assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(s.consumer.service, "warren");
         assert_eq!(s.consumer.retry.tiers(), [1, 10, 60].map(Duration::from_secs));
+    }
+
+    #[test]
+    fn the_ingress_listens_off_the_seed_services_ports() {
+        // The Go server (GO_BACKEND_URL) is on 8080 and Django's runserver on
+        // 8000: an ingress there would take their place, or receive what the
+        // webhook forwards to them.
+        let listen = Settings::default().ingress.listen;
+        assert_eq!(listen.to_string(), "127.0.0.1:8597");
+        assert!(![8000, 8080].contains(&listen.port()));
     }
 
     #[test]
