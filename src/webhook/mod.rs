@@ -23,6 +23,7 @@
 //! the receiver's side.
 
 mod response;
+mod self_loop;
 mod signature;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use reqwest::{StatusCode, Url};
 use tracing::{debug, warn};
 
 pub use response::MAX_SNIPPET;
+pub use self_loop::{check_not_ingress, reaches_ingress};
 pub use signature::{MIN_KEY_LEN, SECRET_PREFIX, Secret};
 
 use crate::config::WebhookSettings;
@@ -66,6 +68,19 @@ pub enum WebhookError {
     /// `webhook.timeout` is zero.
     #[error("webhook.timeout must be above zero")]
     ZeroTimeout,
+    /// `webhook.url` reaches warren's own ingress: every event would be
+    /// forwarded into warren and published again.
+    #[error(
+        "webhook.url (GO_BACKEND_URL) {url} leads back into warren's own ingress (ingress.listen = {listen}): \
+         every event would be forwarded into warren and published again. Point webhook.url at the receiver, \
+         or move the ingress (WARREN_INGRESS__LISTEN)"
+    )]
+    LoopsToIngress {
+        /// The endpoint, its password replaced by `***`.
+        url: String,
+        /// `ingress.listen`.
+        listen: std::net::SocketAddr,
+    },
     /// The HTTP client could not be set up (TLS roots, …).
     #[error("cannot set up the webhook HTTP client: {0}")]
     Client(String),

@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config => print!("{}", settings.redacted_toml()),
         Command::Consume { handler } => {
             let shutdown = shutdown_on_signal();
-            consumer(settings, handler.handler)?.run(shutdown).await?;
+            consumer(settings, handler.handler).await?.run(shutdown).await?;
         }
         Command::Ingress => {
             let shutdown = shutdown_on_signal();
@@ -205,7 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { handler } => {
             let shutdown = shutdown_on_signal();
             warren::metrics::install()?;
-            let consumer = consumer(settings.clone(), handler.handler)?;
+            let consumer = consumer(settings.clone(), handler.handler).await?;
             let stop = shutdown.clone();
             // Whichever ends first (a signal, or a fatal error) stops the other.
             let consuming = tokio::spawn(async move {
@@ -224,11 +224,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
+async fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
     Ok(match kind {
         HandlerKind::Log => Consumer::new(settings).on_all(LogHandler),
         HandlerKind::Webhook => {
             let webhook = warren::webhook::WebhookHandler::new(&settings.webhook)?;
+            // `consume` checks too: a `warren ingress` with the same settings
+            // usually runs beside it.
+            warren::webhook::check_not_ingress(&settings.webhook, settings.ingress.listen).await?;
             tracing::info!(
                 endpoint = webhook.endpoint(),
                 signed = webhook.is_signed(),
