@@ -130,6 +130,12 @@ macro_rules! event_type_list {
     ($($t:ty),*) => { &[$(EventType::of::<$t>()),*] };
 }
 
+/// The HTTP header warren's webhook handler puts on every request it sends
+/// (value: the `event_id`). A warren ingress answers a request that carries
+/// it with 508 and publishes nothing: the event was forwarded by warren and
+/// came back, so publishing it again would start a loop.
+pub const FORWARDED_HEADER: &str = "warren-forwarded";
+
 /// The event types warren knows, in one place: the CLI, the ingress, the
 /// topology and the consumer all read this list.
 pub const EVENT_TYPES: &[EventType] = for_each_event_type!(event_type_list);

@@ -99,6 +99,21 @@ impl ApiError {
         e
     }
 
+    /// 508: a warren webhook forwarded this request (`warren-forwarded:
+    /// <event_id>`) and it came back into an ingress; nothing is published.
+    pub fn forwarding_loop(event_id: &str) -> Self {
+        Self::new(
+            StatusCode::LOOP_DETECTED,
+            "forwarding_loop",
+            format!(
+                "this request was forwarded by a warren webhook (warren-forwarded: {}) and came back into a \
+                 warren ingress, so it is not published again: webhook.url leads back into warren; point it at \
+                 the receiver",
+                crate::event::truncate(event_id, 64)
+            ),
+        )
+    }
+
     /// 415: the body is not declared as JSON.
     pub fn unsupported_media_type(given: Option<&str>) -> Self {
         let message = match given {

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS, decode_body, publish_body};
-use super::middleware::Authorized;
+use super::middleware::{Authorized, NotForwarded};
 use crate::event::{DecodeError, RawEnvelope};
 use crate::publisher::PublishError;
 
@@ -29,6 +29,7 @@ struct Accepted {
 /// `POST /events`: one envelope.
 pub(crate) async fn publish_one(
     State(state): State<AppState>,
+    _: NotForwarded,
     _: Authorized,
     ContentType(content_type): ContentType,
     body: Result<Bytes, BytesRejection>,
@@ -141,6 +142,7 @@ struct BatchResult {
 /// rejected.
 pub(crate) async fn publish_batch(
     State(state): State<AppState>,
+    _: NotForwarded,
     _: Authorized,
     ContentType(content_type): ContentType,
     body: Result<Bytes, BytesRejection>,

@@ -15,7 +15,8 @@ use super::WebhookError;
 use crate::config::WebhookSettings;
 
 /// How long resolving the webhook's host name may take at start. A host that
-/// does not resolve by then is not checked here.
+/// does not resolve by then is not checked here; the ingress still refuses
+/// what warren forwarded ([`crate::event::FORWARDED_HEADER`]).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether a connection to `target` reaches an ingress listening on `listen`.
