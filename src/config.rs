@@ -171,6 +171,16 @@ pub struct IngressSettings {
     /// Time limit of one request.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
+    /// Time a client has to send a complete request head, from the
+    /// connection's start or from its first byte after an idle spell.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Connections open at once; at the cap, the one slowest to send its
+    /// request head (else the one idle the longest) is closed for a new one.
+    pub max_connections: usize,
 }
 
 /// The webhook handler that forwards events over HTTP.
@@ -231,6 +241,12 @@ impl Default for Settings {
                 max_batch: 500,
                 token: None,
                 request_timeout: Duration::from_secs(30),
+                header_timeout: Duration::from_secs(10),
+                // Longer than the 90 s that Go's and reqwest's pools keep an
+                // idle connection: the client closes first, so it never
+                // sends a request into a connection the ingress is closing.
+                idle_timeout: Duration::from_secs(120),
+                max_connections: 1024,
             },
             webhook: WebhookSettings {
                 url: None,
@@ -361,6 +377,12 @@ impl Settings {
                     crate::event::EventType::known_names()
                 )));
             }
+        }
+        let ingress = &self.ingress;
+        if ingress.header_timeout.is_zero() || ingress.idle_timeout.is_zero() || ingress.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "ingress.header_timeout, ingress.idle_timeout and ingress.max_connections must be above zero".into(),
+            ));
         }
         if self.consumer.retry.tiers().iter().any(Duration::is_zero) {
             return Err(ConfigError::Invalid("consumer.retry.delays must be above zero".into()));

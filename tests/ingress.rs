@@ -1,6 +1,6 @@
 //! The HTTP ingress: every status of the router with a recording fake sink
-//! (no socket), then metrics, and end to end over a real socket and the real
-//! broker.
+//! (no socket), then metrics, connection limits over a real socket, and end
+//! to end over a real socket and the real broker.
 
 mod support;
 
@@ -8,6 +8,8 @@ mod support;
 mod batch;
 #[path = "ingress/common.rs"]
 mod common;
+#[path = "ingress/connections.rs"]
+mod connections;
 #[path = "ingress/single.rs"]
 mod single;
 

@@ -248,7 +248,7 @@ async fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consu
 async fn ingress(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
-    let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress);
+    let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &fit_to_descriptors(&settings.ingress));
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;
@@ -268,6 +268,33 @@ async fn ingress(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// `ingress`, with `max_connections` lowered to fit the process's
+/// file-descriptor limit (a quarter of it, at most 64, kept for the broker
+/// connection, listeners and logs): past the limit `accept` fails, and the
+/// cap could no longer make room for a new client such as a health probe.
+fn fit_to_descriptors(ingress: &warren::config::IngressSettings) -> warren::config::IngressSettings {
+    let mut ingress = ingress.clone();
+    let mut limit = std::mem::MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: getrlimit only writes the struct it is given; it is read only
+    // when the call succeeded.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) } != 0 {
+        return ingress;
+    }
+    let soft = unsafe { limit.assume_init() }.rlim_cur;
+    let fit = soft.saturating_sub((soft / 4).min(64)).max(1);
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    if ingress.max_connections > fit {
+        tracing::warn!(
+            max_connections = ingress.max_connections,
+            descriptors = soft,
+            using = fit,
+            "ingress.max_connections is above what the file-descriptor limit (ulimit -n) allows: lowered"
+        );
+        ingress.max_connections = fit;
+    }
+    ingress
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM; a second one exits at once.
