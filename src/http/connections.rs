@@ -168,11 +168,12 @@ impl Connections {
 }
 
 /// The connection to close at the cap: the longest in [`Phase::Head`], else
-/// the longest in [`Phase::Idle`]; never a busy one.
+/// the longest in [`Phase::Idle`]; never a busy one. Ids grow with time, so
+/// of phases begun in the same millisecond the older connection goes.
 fn pick_victim(conns: impl Iterator<Item = (u64, (Phase, Instant))>) -> Option<u64> {
     conns
         .filter(|(_, (phase, _))| *phase != Phase::Busy)
-        .min_by_key(|(_, (phase, since))| (*phase != Phase::Head, *since))
+        .min_by_key(|(id, (phase, since))| (*phase != Phase::Head, *since, *id))
         .map(|(id, _)| id)
 }
 
@@ -221,13 +222,14 @@ mod tests {
         assert_eq!(pick_victim(conns.into_iter()), Some(4));
         assert_eq!(pick_victim(conns.into_iter().filter(|c| c.1.0 != Phase::Head)), Some(1));
         assert_eq!(pick_victim(conns.into_iter().filter(|c| c.0 == 3)), None);
+        let same_time = [(9, (Phase::Head, at(1))), (7, (Phase::Head, at(1)))];
+        assert_eq!(pick_victim(same_time.into_iter()), Some(7), "the older of a tie");
     }
 
     #[test]
     fn at_the_cap_the_slowest_head_makes_room_and_busy_ones_stay() {
         let registry = Connections::new(2);
         let first = registry.admit().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
         let second = registry.admit().unwrap();
         second.activity.set(Phase::Busy);
         let third = registry.admit().expect("room is made");
