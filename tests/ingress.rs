@@ -4,6 +4,8 @@
 
 mod support;
 
+#[path = "ingress/bad_input.rs"]
+mod bad_input;
 #[path = "ingress/batch.rs"]
 mod batch;
 #[path = "ingress/common.rs"]

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::event::portable::PortableError;
 use crate::event::{DecodeError, EVENT_TYPES};
 use crate::publisher::PublishError;
 
@@ -126,6 +127,18 @@ impl ApiError {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
     }
 
+    /// 415: a `Content-Encoding` the ingress does not decode (it decodes none).
+    pub fn unsupported_encoding(given: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!(
+                "Content-Encoding {:?} is not supported: send the body uncompressed",
+                crate::event::truncate(given, 100)
+            ),
+        )
+    }
+
     /// 413: the body is over `ingress.max_body`.
     pub fn body_too_large(limit: usize) -> Self {
         let mut e = Self::new(
@@ -192,6 +205,11 @@ impl ApiError {
             StatusCode::UNPROCESSABLE_ENTITY
         };
         Self::from_body(status, decode_body(err))
+    }
+
+    /// 400: JSON that other languages would not read as warren does.
+    pub fn from_portable(err: &PortableError) -> Self {
+        Self::from_body(StatusCode::BAD_REQUEST, portable_body(err))
     }
 
     /// 503: the broker connection is down; nothing was published.
@@ -270,6 +288,27 @@ pub fn decode_body(err: DecodeError) -> ErrorBody {
             b
         }
     }
+}
+
+/// The error of a body that is not [`crate::event::portable`].
+pub fn portable_body(err: &PortableError) -> ErrorBody {
+    let code = match err {
+        PortableError::NotUtf8 { .. } => "malformed_json",
+        PortableError::TooDeep { .. } => "too_deep",
+        PortableError::LoneSurrogate { .. } => "lone_surrogate",
+        PortableError::Number { .. } => "number_out_of_range",
+    };
+    let mut body = ErrorBody::new(code, err.to_string());
+    body.field = err.field().map(str::to_owned);
+    match err {
+        PortableError::NotUtf8 { line, column } => {
+            body.line = Some(*line);
+            body.column = Some(*column);
+        }
+        PortableError::TooDeep { limit, .. } => body.limit = Some(*limit),
+        PortableError::LoneSurrogate { .. } | PortableError::Number { .. } => {}
+    }
+    body
 }
 
 /// Status and body for an unconfirmed publish. Messages are fixed text: the
