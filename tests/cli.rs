@@ -69,6 +69,33 @@ async fn invalid_input_fails_with_one_line_naming_the_cause_and_publishes_nothin
         (&["publish", "user.deleted", "--data", DATA], "unknown event type"),
         (&["publish", "user.registered", "--data", "{oops"], "not valid JSON"),
         (&["publish", "user.login", "--data", DATA], "data.login_timestamp"),
+        // What the ingress refuses, the CLI refuses too.
+        (
+            &[
+                "publish",
+                "user.registered",
+                "--data",
+                &DATA.replace("ann\"", "ann\\ud800\""),
+            ],
+            "lone surrogate",
+        ),
+        (
+            &[
+                "publish",
+                "user.registered",
+                "--data",
+                &DATA.replace("}", &format!(r#","x":{}{}}}"#, "[".repeat(40), "]".repeat(40))),
+            ],
+            "nested deeper than 32",
+        ),
+        (
+            &["publish", "user.registered", "--data", &DATA.replace("Z\"", "\"")],
+            "an offset (`Z` or `+hh:mm`) is required",
+        ),
+        (
+            &["publish", "user.registered", "--user-id", "7", "--data", "[7]"],
+            "must be a JSON object",
+        ),
     ];
     for (args, needle) in cases {
         let out = warren(args, &env);

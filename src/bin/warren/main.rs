@@ -338,6 +338,9 @@ async fn publish(
             EventType::known_names()
         );
     }
+    // The ingress's rules: a lone surrogate would otherwise fail as an
+    // obscure JSON error, deep nesting not at all.
+    warren::event::portable::check_data(data.as_bytes()).context("invalid --data")?;
     let data: serde_json::Value = serde_json::from_str(data).context("--data is not valid JSON")?;
     let user_id = match user_id.or_else(|| data.get("user_id").and_then(serde_json::Value::as_i64)) {
         Some(id) => id,
