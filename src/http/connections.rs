@@ -47,6 +47,11 @@ impl Activity {
         activity
     }
 
+    #[cfg(test)]
+    pub(super) fn for_tests() -> Self {
+        Self::new(Instant::now())
+    }
+
     pub(super) fn set(&self, phase: Phase) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX >> 2);
         self.state.store((ms << 2) | phase as u64, Ordering::Relaxed);

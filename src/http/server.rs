@@ -256,3 +256,39 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn out_of_descriptors_pauses_the_accept_loop_and_a_dead_connection_does_not() {
+        let log = Throttle::new(Duration::from_secs(10));
+        let emfile = io::Error::from_raw_os_error(24); // EMFILE on Linux
+        let started = std::time::Instant::now();
+        accept_failed(&emfile, &log).await;
+        accept_failed(&emfile, &log).await;
+        assert!(started.elapsed() >= 2 * ACCEPT_BACKOFF, "{:?}", started.elapsed());
+        assert_eq!(log.allow(), None, "the second error was held back from the log");
+        let started = std::time::Instant::now();
+        accept_failed(&io::Error::from(io::ErrorKind::ConnectionAborted), &log).await;
+        assert!(started.elapsed() < ACCEPT_BACKOFF);
+    }
+
+    #[test]
+    fn limits_by_phase() {
+        let limits = Limits {
+            header: Duration::from_millis(50),
+            idle: Duration::from_secs(60),
+        };
+        let activity = Activity::for_tests();
+        assert_eq!(overdue(&activity, limits), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(overdue(&activity, limits).is_some(), "a head past the header timeout");
+        activity.set(Phase::Idle);
+        assert_eq!(overdue(&activity, limits), None, "idle is allowed longer");
+        assert!(next_check(&activity, limits) <= Instant::now() + limits.header);
+        activity.set(Phase::Busy);
+        assert_eq!(overdue(&activity, limits), None, "a busy connection is never cut here");
+    }
+}
