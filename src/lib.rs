@@ -11,6 +11,7 @@
 //! - [`config`]: layered [`Settings`] (defaults < `warren.toml` < `.env` < environment).
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
 //! - [`uri`]: AMQP URIs: parsing, checking, the vhost, password redaction.
+//! - [`secrets`]: scrubbing secrets, in every encoding, out of log lines.
 //! - [`amqp`]: connecting (named connections, heartbeats), the reconnect backoff.
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
@@ -18,7 +19,7 @@
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 //!
-//! Modules import "down" only: `event`, `uri`, `metrics` < `config` <
+//! Modules import "down" only: `event`, `uri`, `secrets`, `metrics` < `config` <
 //! `topology` < `amqp` < `publisher` < `consumer`, `http` < `webhook`
 //! (tests/module_graph.rs keeps it so).
 //!
@@ -42,6 +43,7 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod publisher;
+pub mod secrets;
 pub mod topology;
 pub mod uri;
 #[cfg(feature = "webhook")]

@@ -4,13 +4,20 @@
 //! into as few `basic.ack` frames as is safe: one `multiple` ack up to the
 //! highest tag below which every delivery is settled, plus single acks when a
 //! slow handler holds the low end back for too long (so the prefetch window
-//! keeps moving).
+//! keeps moving). [`Acks`] holds a channel's book and sends its frames.
 
 use std::collections::VecDeque;
 
+use lapin::Channel;
+use lapin::options::BasicAckOptions;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::amqp::describe;
+
 /// A frame to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckFrame {
+pub(crate) enum AckFrame {
     /// `basic.ack(tag, multiple)`.
     Ack { tag: u64, multiple: bool },
 }
@@ -30,7 +37,7 @@ enum Slot {
 /// Tags on a channel are dense (1, 2, 3, …), so the book is a window of
 /// slots starting just above `floor`.
 #[derive(Debug, Default)]
-pub struct AckBook {
+pub(crate) struct AckBook {
     /// Every tag ≤ this is acked on the wire (or settled otherwise).
     floor: u64,
     /// Slot of tag `floor + 1 + i` at index `i`.
@@ -49,7 +56,7 @@ impl AckBook {
     }
 
     /// Records that `tag` is settled and wants an ack.
-    pub fn settle(&mut self, tag: u64) {
+    pub(crate) fn settle(&mut self, tag: u64) {
         if let Some(slot) = self.slot(tag)
             && *slot == Slot::Open
         {
@@ -59,7 +66,7 @@ impl AckBook {
     }
 
     /// Records that `tag` was settled on the wire already (a single nack).
-    pub fn settled_elsewhere(&mut self, tag: u64) {
+    pub(crate) fn settled_elsewhere(&mut self, tag: u64) {
         let was_pending = self
             .slot(tag)
             .is_some_and(|slot| std::mem::replace(slot, Slot::Done) == Slot::Pending);
@@ -70,13 +77,13 @@ impl AckBook {
 
     /// Settled tags not yet acked.
     #[must_use]
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending
     }
 
     /// The frames that ack every pending tag it is safe to ack now. When more
     /// than `single_after` tags wait behind an unsettled one, they are acked singly.
-    pub fn flush(&mut self, single_after: usize) -> Vec<AckFrame> {
+    pub(crate) fn flush(&mut self, single_after: usize) -> Vec<AckFrame> {
         let mut frames = Vec::new();
         let mut highest_pending = None;
         while let Some(&front) = self.slots.front() {
@@ -107,6 +114,94 @@ impl AckBook {
             self.pending = 0;
         }
         frames
+    }
+}
+
+/// How a delivery left the handler path: what its channel still owes the broker.
+pub(crate) enum Settlement {
+    /// Settled by warren: wants an ack.
+    Ack(u64),
+    /// Nacked (requeued) on the wire already.
+    Elsewhere(u64),
+    /// Neither: the channel died first, and the broker redelivers it.
+    Unsettled,
+}
+
+/// A channel's [`AckBook`] and the frames it sends, owned by the worker loop.
+pub(crate) struct Acks {
+    book: AckBook,
+    channel: Channel,
+    queue: String,
+    /// Settled deliveries worth one ack frame even while more keep coming.
+    flush_at: usize,
+    /// Settled deliveries held behind an unsettled one that get acked singly.
+    single_after: usize,
+    stale: u64,
+}
+
+impl Acks {
+    pub(crate) fn new(channel: Channel, queue: String, prefetch: usize) -> Self {
+        let quarter = (prefetch / 4).max(1);
+        Self {
+            book: AckBook::default(),
+            channel,
+            queue,
+            flush_at: quarter,
+            single_after: quarter,
+            stale: 0,
+        }
+    }
+
+    pub(crate) fn record(&mut self, settled: Settlement) {
+        match settled {
+            Settlement::Ack(tag) => self.book.settle(tag),
+            Settlement::Elsewhere(tag) => self.book.settled_elsewhere(tag),
+            Settlement::Unsettled => {}
+        }
+    }
+
+    /// Records the settlements waiting in `rx`; returns how many there were.
+    pub(crate) fn record_waiting(&mut self, rx: &mut mpsc::UnboundedReceiver<Settlement>) -> usize {
+        let mut n = 0;
+        while let Ok(s) = rx.try_recv() {
+            self.record(s);
+            n += 1;
+        }
+        n
+    }
+
+    /// Enough settled deliveries wait for an ack to send one now.
+    pub(crate) fn due(&self) -> bool {
+        self.book.pending() >= self.flush_at
+    }
+
+    pub(crate) async fn flush(&mut self) {
+        let frames = self.book.flush(self.single_after);
+        self.send(frames).await;
+    }
+
+    /// Acks everything settled, however it is spread.
+    pub(crate) async fn finish(mut self) {
+        let frames = self.book.flush(0);
+        self.send(frames).await;
+        if self.stale > 0 {
+            warn!(
+                queue = self.queue,
+                stale = self.stale,
+                "acks lost with the channel; those messages will be redelivered"
+            );
+        }
+    }
+
+    async fn send(&mut self, frames: Vec<AckFrame>) {
+        for AckFrame::Ack { tag, multiple } in frames {
+            if let Err(e) = self.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
+                // The channel is gone: the broker will redeliver these.
+                self.stale += 1;
+                metrics::counter!(crate::metrics::STALE_ACKS_TOTAL, "queue" => self.queue.clone()).increment(1);
+                debug!(queue = self.queue, tag, error = %describe(&e), "ack on a closed channel");
+            }
+        }
     }
 }
 

@@ -81,7 +81,7 @@ pub trait AnyEventHandler: Clone + Send + Sync + 'static {
 
 /// An [`AnyEventHandler`] as the [`Handler`] of one type.
 #[derive(Debug, Clone)]
-pub struct ForAll<H>(pub H);
+pub(crate) struct ForAll<H>(pub H);
 
 impl<E: Event, H: AnyEventHandler> Handler<E> for ForAll<H> {
     fn handle(&self, event: Envelope<E>, ctx: Context) -> impl Future<Output = Result<(), HandlerError>> + Send {

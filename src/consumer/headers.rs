@@ -4,6 +4,7 @@ use chrono::{SecondsFormat, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
+use super::policy::DeadReason;
 use crate::event::truncate;
 
 /// Attempt number of the next delivery (1 = first).
@@ -63,7 +64,7 @@ fn get_str<'a>(h: Option<&'a FieldTable>, key: &str) -> Option<&'a [u8]> {
 
 /// Where a failed delivery came from, kept across retries.
 #[derive(Debug, Clone)]
-pub struct Origin<'a> {
+pub(crate) struct Origin<'a> {
     pub exchange: &'a str,
     pub routing_key: &'a str,
     pub queue: &'a str,
@@ -71,13 +72,12 @@ pub struct Origin<'a> {
 
 /// Properties for republishing a failed delivery: the original properties,
 /// the broker's `x-death` bookkeeping dropped, warren's headers set.
-#[must_use]
-pub fn republish_properties(
+pub(crate) fn republish_properties(
     original: &BasicProperties,
     origin: &Origin<'_>,
     next_attempt: u32,
     error: &str,
-    dead_reason: Option<&str>,
+    dead_reason: Option<DeadReason>,
 ) -> BasicProperties {
     let old = original.headers().as_ref();
     let mut headers = FieldTable::default();
@@ -107,7 +107,7 @@ pub fn republish_properties(
     );
     match dead_reason {
         Some(reason) => {
-            headers.insert(REASON.into(), AMQPValue::LongString(reason.into()));
+            headers.insert(REASON.into(), AMQPValue::LongString(reason.as_str().into()));
             headers.insert(
                 ATTEMPTS.into(),
                 AMQPValue::LongLongInt(i64::from(next_attempt.saturating_sub(1))),
@@ -181,7 +181,7 @@ mod tests {
             routing_key: "s.user.login",
             queue: "s.user.login",
         };
-        let p2 = republish_properties(&p1, &back, 3, "boom again", Some("exhausted"));
+        let p2 = republish_properties(&p1, &back, 3, "boom again", Some(DeadReason::Exhausted));
         assert_eq!(text(&p2, FIRST_FAILURE).unwrap(), first);
         assert_eq!(text(&p2, ORIGINAL_EXCHANGE).as_deref(), Some("user.events"));
         assert_eq!(text(&p2, ORIGINAL_ROUTING_KEY).as_deref(), Some("user.login"));

@@ -31,21 +31,24 @@ mod acks;
 mod handler;
 pub mod headers;
 mod policy;
+mod process;
 mod route;
 mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use lapin::Connection;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use acks::{AckBook, AckFrame};
-pub use handler::{AnyEventHandler, Context, ForAll, Handler, HandlerError, LogHandler};
-pub use policy::{DeadReason, Decision, RetryPolicy};
-pub use route::{Outcome, Route, Typed, panic_message, route_for};
-pub use worker::{Limits, WorkerLost};
+pub use handler::{AnyEventHandler, Context, Handler, HandlerError, LogHandler};
+pub use worker::Limits;
+
+use policy::RetryPolicy;
+use route::{Route, Typed, route_for};
+use worker::WorkerLost;
 
 use crate::amqp::{self, Backoff, ConnectOptions};
 use crate::config::Settings;
@@ -83,40 +86,38 @@ impl Consumer {
     /// Handles event type `E` with the default prefetch and concurrency.
     #[must_use]
     pub fn on<E: Event>(self, handler: impl Handler<E>) -> Self {
-        let limits = Limits {
-            prefetch: self.settings.consumer.prefetch,
-            concurrency: self.settings.consumer.concurrency,
-        };
+        let limits = self.default_limits();
         self.on_with(handler, limits)
     }
 
     /// Handles event type `E` with its own prefetch and concurrency. A second
     /// handler for the same type replaces the first.
     #[must_use]
-    pub fn on_with<E: Event>(mut self, handler: impl Handler<E>, limits: Limits) -> Self {
-        self.routes.retain(|(r, _)| r.event_type() != E::TYPE);
-        self.routes.push((Arc::new(Typed::<E, _>::new(handler)), limits));
-        self
+    pub fn on_with<E: Event>(self, handler: impl Handler<E>, limits: Limits) -> Self {
+        self.with_route(Arc::new(Typed::<E, _>::new(handler)), limits)
     }
 
     /// Handles every type in `consumer.event_types` with one handler.
     #[must_use]
     pub fn on_all<H: AnyEventHandler>(mut self, handler: H) -> Self {
-        let limits = Limits {
-            prefetch: self.settings.consumer.prefetch,
-            concurrency: self.settings.consumer.concurrency,
-        };
+        let limits = self.default_limits();
         for name in self.settings.consumer.event_types.clone() {
             if let Some(route) = route_for(&name, handler.clone()) {
-                self = self.on_route(route, limits);
+                self = self.with_route(route, limits);
             }
         }
         self
     }
 
-    /// Handles a type known only at run time (used by the CLI's built-in handlers).
-    #[must_use]
-    pub fn on_route(mut self, route: Arc<dyn Route>, limits: Limits) -> Self {
+    fn default_limits(&self) -> Limits {
+        Limits {
+            prefetch: self.settings.consumer.prefetch,
+            concurrency: self.settings.consumer.concurrency,
+        }
+    }
+
+    /// Adds `route`, replacing any earlier one for its type.
+    fn with_route(mut self, route: Arc<dyn Route>, limits: Limits) -> Self {
         self.routes.retain(|(r, _)| r.event_type() != route.event_type());
         self.routes.push((route, limits));
         self
@@ -168,7 +169,32 @@ impl Consumer {
         }
     }
 
+    /// One connection's life: connect and declare, run a worker per queue
+    /// until `shutdown` or until one of them loses its channel.
     async fn session(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        let (conn, republisher) = self.connect(topology).await?;
+        metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
+        info!(
+            service = self.settings.consumer.service,
+            queues = self.routes.len(),
+            "consumer connected"
+        );
+        let lost = self.run_workers(&conn, topology, &republisher, shutdown).await;
+        if conn.status().connected() {
+            let _ = conn.close(200, "consumer stopped".into()).await;
+        }
+        match lost {
+            Some(reason) if !shutdown.is_cancelled() => Err(SessionError::Lost {
+                reason,
+                connected: true,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Connects, declares the topology and opens the republisher (for
+    /// retries and dead letters) on the same connection.
+    async fn connect(&self, topology: &Topology) -> Result<(Arc<Connection>, Publisher), SessionError> {
         let s = &self.settings;
         let opts = ConnectOptions::new(&s.amqp, &format!("consumer {}", s.consumer.service));
         let conn = Arc::new(amqp::connect(&opts).await.map_err(SessionError::setup)?);
@@ -185,13 +211,18 @@ impl Consumer {
         let republisher = Publisher::on_connection(conn.clone(), "", s.publisher.confirm_timeout)
             .await
             .map_err(SessionError::setup)?;
-        metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
-        info!(
-            service = s.consumer.service,
-            queues = self.routes.len(),
-            "consumer connected"
-        );
+        Ok((conn, republisher))
+    }
 
+    /// Runs a worker per queue until all have stopped; returns why the first
+    /// one that failed did. One queue losing its channel stops them all.
+    async fn run_workers(
+        &self,
+        conn: &Arc<Connection>,
+        topology: &Arc<Topology>,
+        republisher: &Publisher,
+        shutdown: &CancellationToken,
+    ) -> Option<String> {
         let stop = shutdown.child_token();
         let mut workers = JoinSet::new();
         for (route, limits) in &self.routes {
@@ -203,7 +234,7 @@ impl Consumer {
                     tiers: topology.retry_delays.len(),
                 },
                 republisher: republisher.clone(),
-                shutdown_timeout: s.consumer.shutdown_timeout,
+                shutdown_timeout: self.settings.consumer.shutdown_timeout,
             };
             let (conn, stop) = (conn.clone(), stop.clone());
             workers.spawn(async move { worker.run(&conn, stop).await });
@@ -225,16 +256,7 @@ impl Consumer {
                 stop.cancel();
             }
         }
-        if conn.status().connected() {
-            let _ = conn.close(200, "consumer stopped".into()).await;
-        }
-        match lost {
-            Some(reason) if !shutdown.is_cancelled() => Err(SessionError::Lost {
-                reason,
-                connected: true,
-            }),
-            _ => Ok(()),
-        }
+        lost
     }
 }
 

@@ -1,11 +1,12 @@
-//! The retry policy, as a pure value: what to do with a delivery given how
+//! The retry policy, as a pure value: what becomes of a delivery given how
 //! its handler ended and which attempt it was.
 
 use super::handler::HandlerError;
+use super::route::Outcome;
 
 /// Why a message was parked in its `.dead` queue (the `x-warren-reason` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadReason {
+pub(crate) enum DeadReason {
     /// Every retry tier was used.
     Exhausted,
     /// The handler said it can never succeed.
@@ -20,8 +21,7 @@ pub enum DeadReason {
 
 impl DeadReason {
     /// The header value.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeadReason::Exhausted => "exhausted",
             DeadReason::Permanent => "permanent",
@@ -32,39 +32,65 @@ impl DeadReason {
     }
 }
 
-/// What happens to a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+/// What becomes of a delivery: decided once, by [`RetryPolicy::decide`], and
+/// carried as is to the republish and the ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fate {
     /// Done: ack it.
     Ack,
     /// Republish to retry tier `tier` (0-based), then ack.
-    Retry { tier: usize },
+    Retry { tier: usize, error: String },
     /// Republish to `.dead`, then ack.
-    DeadLetter(DeadReason),
+    DeadLetter { reason: DeadReason, error: String },
+}
+
+impl Fate {
+    /// The error that led to a retry or a dead letter; empty for an ack.
+    pub(crate) fn error(&self) -> &str {
+        match self {
+            Fate::Ack => "",
+            Fate::Retry { error, .. } | Fate::DeadLetter { error, .. } => error,
+        }
+    }
+
+    /// Why a dead letter is dead.
+    pub(crate) fn dead_reason(&self) -> Option<DeadReason> {
+        match self {
+            Fate::DeadLetter { reason, .. } => Some(*reason),
+            Fate::Ack | Fate::Retry { .. } => None,
+        }
+    }
 }
 
 /// Retries through `tiers` delay queues, then dead-letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Number of retry tiers (= retries after the first attempt).
     pub tiers: usize,
 }
 
 impl RetryPolicy {
-    /// The decision for `outcome` of attempt `attempt` (1 = first delivery).
-    #[must_use]
-    pub fn decide(&self, outcome: &Result<(), HandlerError>, attempt: u32) -> Decision {
+    /// The fate of attempt `attempt` (1 = first delivery) that ended in
+    /// `outcome`. The error text is the handler's (or the decoder's) message.
+    pub(crate) fn decide(&self, outcome: Outcome, attempt: u32) -> Fate {
         match outcome {
-            Ok(()) => Decision::Ack,
-            Err(HandlerError::Permanent(_)) => Decision::DeadLetter(DeadReason::Permanent),
-            Err(HandlerError::Transient(_)) => {
+            Outcome::Handled(Ok(())) => Fate::Ack,
+            Outcome::Handled(Err(HandlerError::Permanent(error))) => Fate::DeadLetter {
+                reason: DeadReason::Permanent,
+                error,
+            },
+            Outcome::Handled(Err(HandlerError::Transient(error))) => {
                 let tier = attempt.max(1) as usize - 1;
                 if tier < self.tiers {
-                    Decision::Retry { tier }
+                    Fate::Retry { tier, error }
                 } else {
-                    Decision::DeadLetter(DeadReason::Exhausted)
+                    Fate::DeadLetter {
+                        reason: DeadReason::Exhausted,
+                        error,
+                    }
                 }
             }
+            Outcome::Undecodable(reason, error) => Fate::DeadLetter { reason, error },
         }
     }
 }
@@ -73,38 +99,75 @@ impl RetryPolicy {
 mod tests {
     use super::*;
 
-    const FAIL: Result<(), HandlerError> = Err(HandlerError::Transient(String::new()));
+    fn fail() -> Outcome {
+        Outcome::Handled(Err(HandlerError::Transient("boom".into())))
+    }
+
+    fn retry(tier: usize) -> Fate {
+        Fate::Retry {
+            tier,
+            error: "boom".into(),
+        }
+    }
+
+    fn dead(reason: DeadReason, error: &str) -> Fate {
+        Fate::DeadLetter {
+            reason,
+            error: error.into(),
+        }
+    }
 
     #[test]
     fn success_acks() {
-        assert_eq!(RetryPolicy { tiers: 3 }.decide(&Ok(()), 1), Decision::Ack);
-        assert_eq!(RetryPolicy { tiers: 3 }.decide(&Ok(()), 4), Decision::Ack);
+        assert_eq!(RetryPolicy { tiers: 3 }.decide(Outcome::Handled(Ok(())), 1), Fate::Ack);
+        assert_eq!(RetryPolicy { tiers: 3 }.decide(Outcome::Handled(Ok(())), 4), Fate::Ack);
     }
 
     #[test]
     fn transient_failures_climb_the_tiers_then_dead_letter() {
         let p = RetryPolicy { tiers: 3 };
-        assert_eq!(p.decide(&FAIL, 1), Decision::Retry { tier: 0 });
-        assert_eq!(p.decide(&FAIL, 2), Decision::Retry { tier: 1 });
-        assert_eq!(p.decide(&FAIL, 3), Decision::Retry { tier: 2 });
-        assert_eq!(p.decide(&FAIL, 4), Decision::DeadLetter(DeadReason::Exhausted));
-        assert_eq!(p.decide(&FAIL, 40), Decision::DeadLetter(DeadReason::Exhausted));
+        assert_eq!(p.decide(fail(), 1), retry(0));
+        assert_eq!(p.decide(fail(), 2), retry(1));
+        assert_eq!(p.decide(fail(), 3), retry(2));
+        assert_eq!(p.decide(fail(), 4), dead(DeadReason::Exhausted, "boom"));
+        assert_eq!(p.decide(fail(), 40), dead(DeadReason::Exhausted, "boom"));
     }
 
     #[test]
     fn permanent_failures_dead_letter_at_once() {
         let p = RetryPolicy { tiers: 3 };
         assert_eq!(
-            p.decide(&Err(HandlerError::Permanent("no".into())), 1),
-            Decision::DeadLetter(DeadReason::Permanent)
+            p.decide(Outcome::Handled(Err(HandlerError::Permanent("no".into()))), 1),
+            dead(DeadReason::Permanent, "no")
+        );
+    }
+
+    #[test]
+    fn bodies_that_never_reached_the_handler_dead_letter_at_once() {
+        let p = RetryPolicy { tiers: 3 };
+        assert_eq!(
+            p.decide(Outcome::Undecodable(DeadReason::Malformed, "not json".into()), 1),
+            dead(DeadReason::Malformed, "not json")
         );
     }
 
     #[test]
     fn no_tiers_means_no_retries() {
         assert_eq!(
-            RetryPolicy { tiers: 0 }.decide(&FAIL, 1),
-            Decision::DeadLetter(DeadReason::Exhausted)
+            RetryPolicy { tiers: 0 }.decide(fail(), 1),
+            dead(DeadReason::Exhausted, "boom")
+        );
+    }
+
+    #[test]
+    fn the_error_text_is_the_handlers_message() {
+        let e = HandlerError::transient("db down");
+        assert_eq!(
+            RetryPolicy { tiers: 1 }.decide(Outcome::Handled(Err(e.clone())), 1),
+            Fate::Retry {
+                tier: 0,
+                error: e.to_string()
+            }
         );
     }
 }

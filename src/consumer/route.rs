@@ -14,7 +14,7 @@ use crate::event::{DecodeError, Envelope, Event};
 
 /// How processing one body ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The handler ran (or panicked, which is a transient error).
     Handled(Result<(), HandlerError>),
     /// The body never reached the handler.
@@ -22,7 +22,7 @@ pub enum Outcome {
 }
 
 /// A handler for one event type, fed raw bodies.
-pub trait Route: Send + Sync + 'static {
+pub(crate) trait Route: Send + Sync + 'static {
     /// The event type (and routing key) this route handles.
     fn event_type(&self) -> &'static str;
     /// Decodes, validates and handles one body.
@@ -30,13 +30,13 @@ pub trait Route: Send + Sync + 'static {
 }
 
 /// A typed handler as a [`Route`].
-pub struct Typed<E, H> {
+pub(crate) struct Typed<E, H> {
     handler: H,
     _event: PhantomData<fn() -> E>,
 }
 
 impl<E, H> Typed<E, H> {
-    pub fn new(handler: H) -> Self {
+    pub(crate) fn new(handler: H) -> Self {
         Self {
             handler,
             _event: PhantomData,
@@ -92,8 +92,7 @@ fn undecodable<E: Event>(body: &[u8], e: DecodeError) -> Outcome {
 }
 
 /// The route of `handler` for the event type named `event_type`, if warren knows it.
-#[must_use]
-pub fn route_for<H: AnyEventHandler>(event_type: &str, handler: H) -> Option<Arc<dyn Route>> {
+pub(crate) fn route_for<H: AnyEventHandler>(event_type: &str, handler: H) -> Option<Arc<dyn Route>> {
     macro_rules! pick {
         ($($t:ty),*) => {
             $(
@@ -108,8 +107,7 @@ pub fn route_for<H: AnyEventHandler>(event_type: &str, handler: H) -> Option<Arc
 }
 
 /// The message a panic was raised with.
-#[must_use]
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
