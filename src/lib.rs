@@ -17,10 +17,11 @@
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
+//! - [`relay`]: the PostgreSQL transactional outbox relay (feature `relay`).
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 //!
 //! Modules import "down" only: `event`, `uri`, `secrets`, `metrics` < `config` <
-//! `topology` < `amqp` < `publisher` < `consumer`, `http` < `webhook`
+//! `topology` < `amqp` < `publisher` < `consumer`, `http`, `relay` < `webhook`
 //! (tests/module_graph.rs keeps it so).
 //!
 //! The `warren` command (its subcommands, the `bench` load generator and the
@@ -28,7 +29,8 @@
 //!
 //! # Features
 //!
-//! - `cli` (default): the `warren` binary; implies `http` and `webhook`.
+//! - `cli` (default): the `warren` binary; implies `http`, `webhook` and `relay`.
+//! - `relay`: the [`relay`] module (tokio-postgres, deadpool, rustls).
 //! - `http`: the [`http`] module (axum).
 //! - `webhook`: the [`webhook`] module (reqwest, rustls).
 //!
@@ -43,6 +45,8 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod publisher;
+#[cfg(feature = "relay")]
+pub mod relay;
 pub mod secrets;
 pub mod topology;
 pub mod uri;

@@ -18,6 +18,8 @@
 //! | [`STALE_ACKS_TOTAL`] | counter | `queue` |
 //! | [`WEBHOOK_REQUESTS_TOTAL`] | counter | `outcome` = `ok` \| `transient` \| `permanent` |
 //! | [`WEBHOOK_DURATION_SECONDS`] | histogram | none |
+//! | [`RELAY_PUBLISHED_TOTAL`], [`RELAY_FAILED_TOTAL`] | counter | `table` |
+//! | [`RELAY_PENDING_ROWS`], [`RELAY_OLDEST_PENDING_AGE_SECONDS`], [`RELAY_FAILED_ROWS`], [`RELAY_DATABASE_UP`], [`RELAY_ACTIVE`] | gauge | `table` |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -48,6 +50,21 @@ pub const BROKER_BLOCKED: &str = "warren_broker_blocked";
 /// Acks that could not be sent because their channel had died (the broker
 /// redelivers those messages), by `queue`.
 pub const STALE_ACKS_TOTAL: &str = "warren_stale_acks_total";
+
+/// Outbox rows the relay published (confirmed), by `table`.
+pub const RELAY_PUBLISHED_TOTAL: &str = "warren_relay_published_total";
+/// Outbox rows the relay marked failed (invalid envelope, or unroutable), by `table`.
+pub const RELAY_FAILED_TOTAL: &str = "warren_relay_failed_total";
+/// Outbox rows not yet published, by `table`.
+pub const RELAY_PENDING_ROWS: &str = "warren_relay_pending_rows";
+/// Age of the oldest pending outbox row: the relay's lag, by `table`.
+pub const RELAY_OLDEST_PENDING_AGE_SECONDS: &str = "warren_relay_oldest_pending_age_seconds";
+/// Outbox rows marked failed and not retried, by `table`.
+pub const RELAY_FAILED_ROWS: &str = "warren_relay_failed_rows";
+/// 1 while the relay reaches its database, else 0, by `table`.
+pub const RELAY_DATABASE_UP: &str = "warren_relay_database_up";
+/// 1 while this relay holds the table's lock (the others are standbys), by `table`.
+pub const RELAY_ACTIVE: &str = "warren_relay_active";
 
 /// Histogram buckets (seconds) of every `*_seconds` metric: 0.5 ms to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -146,10 +163,42 @@ fn describe() {
         BROKER_BLOCKED,
         "1 while RabbitMQ blocks publishing (memory or disk alarm), else 0."
     );
+    describe_relay();
     describe_counter!(
         STALE_ACKS_TOTAL,
         Unit::Count,
         "Acks lost with their channel, by queue: the broker redelivers those messages."
+    );
+}
+
+fn describe_relay() {
+    describe_counter!(
+        RELAY_PUBLISHED_TOTAL,
+        Unit::Count,
+        "Outbox rows the relay published with a confirm, by table."
+    );
+    describe_counter!(
+        RELAY_FAILED_TOTAL,
+        Unit::Count,
+        "Outbox rows the relay marked failed (invalid envelope, or unroutable), by table."
+    );
+    describe_gauge!(RELAY_PENDING_ROWS, "Outbox rows not yet published, by table.");
+    describe_gauge!(
+        RELAY_OLDEST_PENDING_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest pending outbox row (the relay's lag), by table."
+    );
+    describe_gauge!(
+        RELAY_FAILED_ROWS,
+        "Outbox rows marked failed and not retried, by table."
+    );
+    describe_gauge!(
+        RELAY_DATABASE_UP,
+        "1 while the relay reaches its database, else 0, by table."
+    );
+    describe_gauge!(
+        RELAY_ACTIVE,
+        "1 while this relay holds the table's lock (others are standbys), by table."
     );
 }
 

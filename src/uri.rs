@@ -129,6 +129,68 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// A PostgreSQL connection string with its password replaced by `***`, in
+/// either form libpq accepts: a URL (`postgres://u:pw@h/db`, also
+/// `?password=pw`) or `key=value` pairs (`host=h password=pw`).
+#[must_use]
+pub fn redact_database_url(url: &str) -> String {
+    let redacted = if url.contains("://") {
+        redact_url(url)
+    } else {
+        url.to_owned()
+    };
+    // `password=` as a URL query parameter or a key=value pair.
+    let mut out = String::with_capacity(redacted.len());
+    let mut rest = redacted.as_str();
+    while let Some(i) = rest.find("password=") {
+        let boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b' ' | b'?' | b'&');
+        let (head, tail) = rest.split_at(i + "password=".len());
+        out.push_str(head);
+        if !boundary {
+            rest = tail;
+            continue;
+        }
+        let end = if let Some(quoted) = tail.strip_prefix('\'') {
+            quoted.find('\'').map_or(tail.len(), |j| j + 2)
+        } else {
+            tail.find([' ', '&', '#']).unwrap_or(tail.len())
+        };
+        out.push_str("***");
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The passwords a PostgreSQL connection string holds, in either form (see
+/// [`redact_database_url`]), as written and percent-decoded.
+#[must_use]
+pub fn database_passwords_of(url: &str) -> Vec<Vec<u8>> {
+    let mut out = if url.contains("://") {
+        passwords_of(url)
+    } else {
+        Vec::new()
+    };
+    let mut rest = url;
+    while let Some(i) = rest.find("password=") {
+        let boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b' ' | b'?' | b'&');
+        rest = &rest[i + "password=".len()..];
+        if !boundary {
+            continue;
+        }
+        let value = match rest.strip_prefix('\'') {
+            Some(quoted) => quoted.split('\'').next().unwrap_or(""),
+            None => rest.split([' ', '&', '#']).next().unwrap_or(""),
+        };
+        if !value.is_empty() {
+            out.push(value.as_bytes().to_vec());
+            out.push(percent_decode(value));
+        }
+    }
+    out.dedup();
+    out
+}
+
 /// The virtual host a URL names (`/` for `%2f` or none).
 #[must_use]
 pub fn vhost_of(url: &str) -> String {
@@ -143,6 +205,32 @@ pub fn vhost_of(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_are_redacted_in_both_forms() {
+        assert_eq!(
+            redact_database_url("postgres://app:pw1@db:5432/app?sslmode=require"),
+            "postgres://app:***@db:5432/app?sslmode=require"
+        );
+        assert_eq!(
+            redact_database_url("postgresql://db/app?user=app&password=pw2&sslmode=require"),
+            "postgresql://db/app?user=app&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_database_url("host=db password='p w3' user=app"),
+            "host=db password=*** user=app"
+        );
+        assert_eq!(redact_database_url("host=db password=pw4"), "host=db password=***");
+        assert_eq!(redact_database_url("host=db user=app"), "host=db user=app");
+        assert_eq!(
+            database_passwords_of("host=db password='p w3' user=app"),
+            [b"p w3".to_vec()]
+        );
+        assert_eq!(
+            database_passwords_of("postgres://app:p%40ss@db/app"),
+            [b"p%40ss".to_vec(), b"p@ss".to_vec()]
+        );
+    }
 
     #[test]
     fn redaction_hides_only_the_password() {

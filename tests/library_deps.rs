@@ -61,3 +61,21 @@ fn the_http_feature_adds_the_ingress_without_the_cli() {
         assert!(!crates.contains(*name), "{name} came with the http feature: {crates:?}");
     }
 }
+
+#[test]
+fn the_relay_feature_adds_postgres_without_the_cli_an_http_stack_or_openssl() {
+    let crates = tree(&["relay"]);
+    assert!(
+        crates.contains("tokio-postgres") && crates.contains("deadpool-postgres"),
+        "{crates:?}"
+    );
+    for name in BINARY_ONLY
+        .iter()
+        .chain(&["axum", "reqwest", "hyper", "openssl", "openssl-sys", "native-tls"])
+    {
+        assert!(
+            !crates.contains(*name),
+            "{name} came with the relay feature: {crates:?}"
+        );
+    }
+}

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["topology"],
     &["amqp"],
     &["publisher"],
-    &["consumer", "http"],
+    &["consumer", "http", "relay"],
     &["webhook"],
 ];
 

@@ -8,7 +8,7 @@ use super::values::{Raw, expected};
 use crate::uri::redact_url;
 
 /// Settings whose value is never shown, not even in an error about it.
-pub(super) const SECRET_KEYS: &[&str] = &["amqp.url", "ingress.token", "webhook.secret"];
+pub(super) const SECRET_KEYS: &[&str] = &["amqp.url", "ingress.token", "webhook.secret", "relay.database_url"];
 
 /// A setting that could not be loaded.
 #[derive(Debug, thiserror::Error)]

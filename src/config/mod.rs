@@ -38,6 +38,7 @@ pub struct Settings {
     pub ingress: IngressSettings,
     pub webhook: WebhookSettings,
     pub metrics: MetricsSettings,
+    pub relay: RelaySettings,
 }
 
 /// The broker connection.
@@ -220,6 +221,28 @@ pub struct MetricsSettings {
     pub listen: Option<SocketAddr>,
 }
 
+/// The PostgreSQL outbox relay (`warren relay`, `warren run --relay`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySettings {
+    /// `postgres://user:password@host/db` (`DATABASE_URL`); holds the
+    /// password, so it is redacted wherever it is shown.
+    pub database_url: Option<String>,
+    /// The outbox table, optionally schema-qualified (`app.warren_outbox`).
+    pub table: String,
+    /// Rows claimed, published and marked per transaction.
+    pub batch_size: usize,
+    /// The longest wait between two polls; a NOTIFY ends it early.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// How long published rows are kept; `0s` deletes a row when its event
+    /// is confirmed instead of marking it.
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// Database connections in the relay's pool.
+    pub pool_size: usize,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -269,6 +292,14 @@ impl Default for Settings {
                 timeout: Duration::from_secs(10),
             },
             metrics: MetricsSettings { listen: None },
+            relay: RelaySettings {
+                database_url: None,
+                table: "warren_outbox".into(),
+                batch_size: 500,
+                poll_interval: Duration::from_secs(1),
+                retention: Duration::from_secs(24 * 3600),
+                pool_size: 4,
+            },
         }
     }
 }
@@ -279,6 +310,7 @@ pub const ALIASES: &[(&str, &[&str])] = &[
     ("GO_BACKEND_URL", &["webhook.url"]),
     ("EVENT_TIMEOUT", &["publisher.confirm_timeout", "webhook.timeout"]),
     ("EVENT_RETRY_ATTEMPTS", &["consumer.retry.attempts"]),
+    ("DATABASE_URL", &["relay.database_url"]),
 ];
 
 impl Settings {
@@ -295,7 +327,13 @@ impl Settings {
         let value = serde_json::to_value(Settings::default()).expect("settings serialize");
         collect_keys("", &value, &mut out);
         // Optional settings are absent from the serialized defaults.
-        for k in ["ingress.token", "webhook.url", "webhook.secret", "metrics.listen"] {
+        for k in [
+            "ingress.token",
+            "webhook.url",
+            "webhook.secret",
+            "metrics.listen",
+            "relay.database_url",
+        ] {
             out.insert(k.to_owned());
         }
         out

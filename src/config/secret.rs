@@ -7,8 +7,8 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::{AmqpSettings, IngressSettings, Settings, WebhookSettings};
-use crate::uri::{passwords_of, redact_url};
+use super::{AmqpSettings, IngressSettings, RelaySettings, Settings, WebhookSettings};
+use crate::uri::{database_passwords_of, passwords_of, redact_database_url, redact_url};
 
 /// What a hidden value is shown as.
 const HIDDEN: &str = "***";
@@ -21,6 +21,7 @@ impl Settings {
         let mut s = self.clone();
         s.amqp.url = redact_url(&s.amqp.url);
         s.webhook.url = s.webhook.url.as_deref().map(redact_url);
+        s.relay.database_url = s.relay.database_url.as_deref().map(redact_database_url);
         for secret in [&mut s.ingress.token, &mut s.webhook.secret] {
             if secret.is_some() {
                 *secret = Some(HIDDEN.into());
@@ -38,6 +39,9 @@ impl Settings {
         let mut out = passwords_of(&self.amqp.url);
         if let Some(url) = &self.webhook.url {
             out.extend(passwords_of(url));
+        }
+        if let Some(url) = &self.relay.database_url {
+            out.extend(database_passwords_of(url));
         }
         if let Some(token) = &self.ingress.token {
             out.push(token.as_bytes().to_vec());
@@ -116,6 +120,27 @@ impl fmt::Debug for WebhookSettings {
             .field("path", path)
             .field("secret", &hidden(secret.as_ref()))
             .field("timeout", timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RelaySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            database_url,
+            table,
+            batch_size,
+            poll_interval,
+            retention,
+            pool_size,
+        } = self;
+        f.debug_struct("RelaySettings")
+            .field("database_url", &database_url.as_deref().map(redact_database_url))
+            .field("table", table)
+            .field("batch_size", batch_size)
+            .field("poll_interval", poll_interval)
+            .field("retention", retention)
+            .field("pool_size", pool_size)
             .finish()
     }
 }

@@ -30,8 +30,8 @@ enum Kind {
     },
     Bool,
     Duration,
-    /// A time limit: a duration above zero.
-    Timeout,
+    /// A duration above zero.
+    Positive,
     /// Retry delays: durations above zero.
     Delays,
     Address,
@@ -53,18 +53,20 @@ fn kind_of(key: &str) -> Option<Kind> {
         | "ingress.token"
         | "webhook.url"
         | "webhook.path"
-        | "webhook.secret" => Kind::Text,
-        "topology.exchange" | "consumer.service" => Kind::Name,
+        | "webhook.secret"
+        | "relay.database_url" => Kind::Text,
+        "topology.exchange" | "consumer.service" | "relay.table" => Kind::Name,
         "amqp.heartbeat"
         | "publisher.confirm_timeout"
         | "consumer.shutdown_timeout"
         | "ingress.request_timeout"
-        | "webhook.timeout" => Kind::Duration,
-        "ingress.header_timeout" | "ingress.idle_timeout" => Kind::Timeout,
+        | "webhook.timeout"
+        | "relay.retention" => Kind::Duration,
+        "relay.poll_interval" | "ingress.header_timeout" | "ingress.idle_timeout" => Kind::Positive,
         "topology.queue_type" => Kind::QueueType,
         "topology.delivery_limit" | "consumer.retry.attempts" => whole(0, u64::from(u32::MAX)),
         "consumer.prefetch" => whole(1, u64::from(u16::MAX)),
-        "consumer.concurrency" => whole(1, usize::MAX as u64),
+        "consumer.concurrency" | "relay.batch_size" | "relay.pool_size" => whole(1, usize::MAX as u64),
         "ingress.max_body" | "ingress.max_batch" => whole(0, usize::MAX as u64),
         "ingress.max_connections" => whole(1, usize::MAX as u64),
         "publisher.resend_on_reconnect" => Kind::Bool,
@@ -84,7 +86,7 @@ pub(super) fn expected(key: &str) -> String {
         Some(Kind::Whole { min, max }) => format!("a whole number from {min} to {max}"),
         Some(Kind::Bool) => "true or false".into(),
         Some(Kind::Duration) => "a duration like 500ms, 30s or 2m (a bare number is seconds)".into(),
-        Some(Kind::Timeout) => "a duration above zero like 500ms, 30s or 2m (a bare number is seconds)".into(),
+        Some(Kind::Positive) => "a duration above zero, like 500ms, 30s or 2m".into(),
         Some(Kind::Delays) => "a list of durations above zero, like 1s,10s,1m".into(),
         Some(Kind::Address) => "an address like 127.0.0.1:8597".into(),
         Some(Kind::QueueType) => "quorum or classic".into(),
@@ -127,7 +129,7 @@ pub(super) fn check(key: &str, raw: &Raw) -> Result<(), Option<String>> {
             ["true", "false", "1", "0", "yes", "no", "on", "off"].contains(&s.to_lowercase().as_str())
         }),
         Kind::Duration => scalar(raw).is_some_and(|s| duration::parse(&s).is_ok()),
-        Kind::Timeout => scalar(raw).is_some_and(|s| duration::parse(&s).is_ok_and(|d| !d.is_zero())),
+        Kind::Positive => scalar(raw).is_some_and(|s| duration::parse(&s).is_ok_and(|d| !d.is_zero())),
         Kind::Address => scalar(raw).is_some_and(|s| s.trim().parse::<SocketAddr>().is_ok()),
         Kind::QueueType => scalar(raw).is_some_and(|s| s.parse::<QueueType>().is_ok()),
     };

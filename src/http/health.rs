@@ -19,18 +19,24 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 when the sink can publish, else 503 + `Retry-After`.
+/// Readiness: 200 when the sink can publish (and every extra check, such as
+/// the relay's database, passes), else 503 + `Retry-After`.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.sink().is_ready() {
-        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    let reason = if state.sink().is_ready() {
+        state.not_ready().map(|name| format!("the {name} is not reachable"))
     } else {
+        Some("not connected to the message broker".to_owned())
+    };
+    if let Some(reason) = reason {
         let mut res = (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": "not connected to the message broker"})),
+            Json(json!({"status": "unavailable", "reason": reason})),
         )
             .into_response();
         res.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
         res
+    } else {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     }
 }
 

@@ -55,8 +55,18 @@ pub struct AppState {
     inner: Arc<Shared>,
 }
 
+/// Something besides the sink that `/readyz` waits for (the relay's
+/// database in `warren run --relay`).
+pub trait Readiness: Send + Sync + 'static {
+    /// What it is, for the 503's reason: `database`.
+    fn name(&self) -> &'static str;
+    /// Whether it is reachable now.
+    fn is_ready(&self) -> bool;
+}
+
 #[derive(Clone)]
 struct Shared {
+    readiness: Vec<Arc<dyn Readiness>>,
     sink: Arc<dyn EventSink>,
     settings: IngressSettings,
     metrics: Option<PrometheusHandle>,
@@ -71,6 +81,7 @@ impl AppState {
     pub fn new(sink: Arc<dyn EventSink>, settings: &IngressSettings) -> Self {
         Self {
             inner: Arc::new(Shared {
+                readiness: Vec::new(),
                 sink,
                 settings: settings.clone(),
                 metrics: None,
@@ -87,6 +98,21 @@ impl AppState {
         Self {
             inner: Arc::new(shared),
         }
+    }
+
+    /// `/readyz` also answers 503 while `check` is not ready.
+    #[must_use]
+    pub fn with_readiness(self, check: Arc<dyn Readiness>) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.inner);
+        shared.readiness.push(check);
+        Self {
+            inner: Arc::new(shared),
+        }
+    }
+
+    /// The first extra readiness check that fails, by name.
+    fn not_ready(&self) -> Option<&'static str> {
+        self.inner.readiness.iter().find(|c| !c.is_ready()).map(|c| c.name())
     }
 
     fn sink(&self) -> &dyn EventSink {

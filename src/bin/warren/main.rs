@@ -5,6 +5,7 @@
 
 mod bench;
 mod logging;
+mod relay;
 mod show_config;
 
 use std::path::PathBuf;
@@ -95,7 +96,15 @@ enum Command {
     Run {
         #[command(flatten)]
         handler: HandlerArgs,
+        /// Also relay the PostgreSQL outbox (relay.database_url); /readyz
+        /// then includes the database.
+        #[arg(long)]
+        relay: bool,
     },
+    /// Publish events written to the PostgreSQL outbox table
+    /// (relay.database_url, DATABASE_URL) in commit order, each with a
+    /// broker confirm; `schema`, `failed`, `retry` and `stats` manage the table.
+    Relay(relay::RelayArgs),
     /// Load-test publish → broker → handler on throwaway queues; with
     /// --baseline, against a bare-lapin loop doing the same work.
     Bench(bench::BenchArgs),
@@ -207,12 +216,14 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
         }
         Command::Ingress => {
             let shutdown = shutdown_on_signal();
-            ingress(&settings, shutdown).await?;
+            ingress(&settings, shutdown, None).await?;
         }
-        Command::Run { handler } => {
+        Command::Relay(args) => relay::run(&settings, args, shutdown_on_signal()).await?,
+        Command::Run { handler, relay } => {
             let shutdown = shutdown_on_signal();
             warren::metrics::install()?;
             let consumer = consumer(settings.clone(), handler.handler).await?;
+            let relaying = relay.then(|| relay::spawn(&settings, shutdown.clone())).transpose()?;
             let stop = shutdown.clone();
             // Whichever ends first (a signal, or a fatal error) stops the other.
             let consuming = tokio::spawn(async move {
@@ -220,9 +231,13 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
                 stop.cancel();
                 result
             });
-            let serving = ingress(&settings, shutdown.clone()).await;
+            let ready = relaying.as_ref().map(|(_, ready)| ready.clone());
+            let serving = ingress(&settings, shutdown.clone(), ready).await;
             shutdown.cancel();
             let consumed = consuming.await.context("consumer task")?;
+            if let Some((task, _)) = relaying {
+                task.await.context("relay task")??;
+            }
             serving?;
             consumed?;
         }
@@ -252,10 +267,17 @@ async fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consu
 /// Serves the ingress (and metrics) until `shutdown`; the publisher connects
 /// in the background so /healthz answers and /readyz says 503 while the
 /// broker is down.
-async fn ingress(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn ingress(
+    settings: &Settings,
+    shutdown: CancellationToken,
+    ready: Option<std::sync::Arc<dyn warren::http::Readiness>>,
+) -> anyhow::Result<()> {
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
-    let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &fit_to_descriptors(&settings.ingress));
+    let mut state = warren::http::AppState::new(std::sync::Arc::new(publisher), &fit_to_descriptors(&settings.ingress));
+    if let Some(ready) = ready {
+        state = state.with_readiness(ready);
+    }
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;

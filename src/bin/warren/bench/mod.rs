@@ -23,6 +23,7 @@ pub mod figures;
 mod ingress;
 pub mod load;
 mod progress;
+mod relay;
 pub mod report;
 pub mod stats;
 mod warren_run;
@@ -88,6 +89,11 @@ pub struct BenchArgs {
     /// Repeat this many times and report medians with min–max.
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub runs: u32,
+    /// Bench the outbox relay (relay.database_url) next to the library
+    /// publisher: rows inserted as fast as the database takes them,
+    /// relayed and handled; reports events/s and the commit → handler lag.
+    #[arg(long, conflicts_with_all = ["ingress", "baseline", "duration", "rate"])]
+    pub relay: bool,
     /// Queue type of the bench queues [default: topology.queue_type].
     #[arg(long, value_name = "TYPE")]
     pub queue_type: Option<QueueType>,
@@ -228,6 +234,9 @@ pub enum Kind {
 /// stalled, or `shutdown` was cancelled.
 pub async fn run(settings: &Settings, args: &BenchArgs, shutdown: CancellationToken) -> Result<(), BenchError> {
     let plan = Plan::new(settings, args);
+    if args.relay {
+        return relay::run(settings, &plan, &shutdown).await;
+    }
     if let Some(url) = &plan.ingress {
         // A URL the load generator cannot use fails before any queue exists.
         ingress::Target::parse(url)?;
