@@ -2,7 +2,7 @@
 #
 # warren's container image: `docker build -t warren .`, then e.g.
 #   docker run --rm warren topology export
-#   docker run -p 8080:8080 -e WARREN_AMQP__URL=amqp://user:pass@broker:5672/%2f warren run
+#   docker run -p 8597:8597 -e WARREN_AMQP__URL=amqp://user:pass@broker:5672/%2f warren run
 # docker-compose.yml builds it and runs `warren run --handler webhook`.
 
 # ---- build ------------------------------------------------------------------
@@ -45,9 +45,9 @@ WORKDIR /etc/warren
 USER warren:warren
 
 # Inside a container the ingress must listen on every interface to be
-# reachable at all (warren's own default is 127.0.0.1:8080).
-ENV WARREN_INGRESS__LISTEN=0.0.0.0:8080
-EXPOSE 8080
+# reachable at all (warren's own default is 127.0.0.1:8597).
+ENV WARREN_INGRESS__LISTEN=0.0.0.0:8597
+EXPOSE 8597
 
 # No HEALTHCHECK here: the image also runs one-shot commands (publish,
 # topology export); docker-compose.yml probes /readyz for `warren run`.

@@ -2,7 +2,7 @@
 # The benchmark series of docs/BENCHMARKS.md: the machine, then the
 # documented commands, each repeated by `--runs` (medians with min–max), the
 # last one through a `warren ingress` started here (on $INGRESS_LISTEN,
-# default 127.0.0.1:8080, which must be free). Needs the broker of the
+# default 127.0.0.1:8597, which must be free). Needs the broker of the
 # settings (default 127.0.0.1:5672), curl and a release build; run it from a
 # directory whose warren.toml/.env (if any) are the settings you want to
 # bench.
@@ -41,7 +41,7 @@ run --baseline --rate 1000 --duration 20s --runs 3
 # driven over 64 keep-alive connections. Both publish to an exchange of
 # their own, so no other queue gets copies of the bench events.
 export WARREN_TOPOLOGY__EXCHANGE="${BENCH_EXCHANGE:-warren-bench}"
-listen="${INGRESS_LISTEN:-127.0.0.1:8080}"
+listen="${INGRESS_LISTEN:-127.0.0.1:8597}"
 WARREN_INGRESS__LISTEN="$listen" "$warren" ingress 2>/dev/null &
 ingress=$!
 trap 'kill "$ingress" 2>/dev/null || true' EXIT

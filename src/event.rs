@@ -5,6 +5,12 @@
 //! optional on input (payloads written before warren have neither) and filled
 //! in on parse. Unknown fields are ignored.
 //!
+//! What is accepted, every language can read the same way: the envelope and
+//! `data` are JSON objects (serde alone would take positional arrays),
+//! timestamps are strict RFC 3339 ([`timestamp`]), the nil UUID is no
+//! `event_id`, and the body is checked for what other JSON parsers refuse or
+//! change ([`portable`]: nesting, lone surrogates, numbers, UTF-8).
+//!
 //! # Adding an event type
 //!
 //! One struct and one line. Define the payload and implement [`Event`]:
@@ -19,6 +25,8 @@
 //! #[schemars(crate = "warren::schemars")]
 //! pub struct UserPasswordReset {
 //!     pub user_id: i64,
+//!     // Strict RFC 3339, as other languages read it.
+//!     #[serde(deserialize_with = "warren::event::timestamp::deserialize")]
 //!     pub requested_at: chrono::DateTime<chrono::Utc>,
 //! }
 //!
@@ -37,6 +45,9 @@
 //! schema`, `warren asyncapi`): doc comments become its descriptions, and
 //! checks made in `validate()` are declared with `#[schemars(schema_with =
 //! …)]` using [`crate::schema`]'s patterns where JSON Schema can say them.
+
+pub mod portable;
+pub mod timestamp;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -77,6 +88,7 @@ pub struct UserRegistered {
     #[schemars(schema_with = "crate::schema::email")]
     pub email: String,
     /// RFC 3339.
+    #[serde(deserialize_with = "timestamp::deserialize")]
     #[schemars(schema_with = "crate::schema::date_time")]
     pub registration_timestamp: DateTime<Utc>,
 }
@@ -111,6 +123,7 @@ pub struct UserLogin {
     #[schemars(schema_with = "crate::schema::email")]
     pub email: String,
     /// RFC 3339.
+    #[serde(deserialize_with = "timestamp::deserialize")]
     #[schemars(schema_with = "crate::schema::date_time")]
     pub login_timestamp: DateTime<Utc>,
     /// IPv4 or IPv6; anything else fails to parse.
@@ -149,6 +162,12 @@ macro_rules! for_each_event_type {
 macro_rules! event_type_list {
     ($($t:ty),*) => { &[$(EventType::of::<$t>()),*] };
 }
+
+/// The HTTP header warren's webhook handler puts on every request it sends
+/// (value: the `event_id`). A warren ingress answers a request that carries
+/// it with 508 and publishes nothing: the event was forwarded by warren and
+/// came back, so publishing it again would start a loop.
+pub const FORWARDED_HEADER: &str = "warren-forwarded";
 
 /// The event types warren knows, in one place: the CLI, the ingress, the
 /// topology and the consumer all read this list.
@@ -220,19 +239,26 @@ fn envelope_schema<E: Event>() -> serde_json::Value {
 }
 
 fn check_data<E: Event>(data: &RawValue) -> Result<i64, ValidationError> {
-    // Fast path; only data that does not fit pays for tracking the path.
-    let typed: E = match serde_json::from_str(data.get()) {
-        Ok(typed) => typed,
-        Err(_) => {
-            let mut de = serde_json::Deserializer::from_str(data.get());
-            serde_path_to_error::deserialize(&mut de).map_err(|e| {
-                let path = e.path().to_string();
-                ValidationError::from_serde("data", &path, e.inner())
-            })?
-        }
-    };
+    let typed: E = parse_data(data)?;
     typed.validate()?;
     Ok(typed.user_id())
+}
+
+/// `data` as an `E`: a JSON object (serde would also take the fields as a
+/// positional array, which other languages cannot read as the event).
+fn parse_data<E: Event>(data: &RawValue) -> Result<E, ValidationError> {
+    if !data.get().starts_with('{') {
+        return Err(ValidationError::new("data", "must be a JSON object"));
+    }
+    // Fast path; only data that does not fit pays for tracking the path.
+    if let Ok(typed) = serde_json::from_str(data.get()) {
+        return Ok(typed);
+    }
+    let mut de = serde_json::Deserializer::from_str(data.get());
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        ValidationError::from_serde("data", &path, e.inner())
+    })
 }
 
 /// The message body: metadata plus the typed payload. Unknown fields are
@@ -240,8 +266,9 @@ fn check_data<E: Event>(data: &RawValue) -> Result<i64, ValidationError> {
 /// express: warren rejects a mismatch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Envelope<E> {
-    /// Idempotency key; a UUIDv7 is made when the input has none.
-    #[serde(default = "Uuid::now_v7")]
+    /// Idempotency key; a UUIDv7 is made when the input has none. Never the
+    /// nil UUID.
+    #[serde(default = "Uuid::now_v7", deserialize_with = "event_id")]
     #[schemars(
         schema_with = "crate::schema::uuid",
         skip_serializing_if = "crate::schema::made_on_parse"
@@ -249,7 +276,7 @@ pub struct Envelope<E> {
     pub event_id: Uuid,
     pub event_type: String,
     /// When the event happened (RFC 3339); now when the input has none.
-    #[serde(default = "now")]
+    #[serde(default = "now", deserialize_with = "timestamp::deserialize")]
     #[schemars(
         schema_with = "crate::schema::date_time",
         skip_serializing_if = "crate::schema::made_on_parse"
@@ -265,6 +292,19 @@ pub struct Envelope<E> {
 
 fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(3)
+}
+
+/// A UUID that is not the nil one: all zeros is what a missing value
+/// defaults to in many languages, and as the key consumers deduplicate on it
+/// would merge unrelated events.
+fn event_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+    let id = Uuid::deserialize(d)?;
+    if id.is_nil() {
+        return Err(serde::de::Error::custom(
+            "is the nil UUID, which is no event id: leave event_id out to have one made",
+        ));
+    }
+    Ok(id)
 }
 
 impl<E: Event> Envelope<E> {
@@ -288,7 +328,19 @@ impl<E: Event> Envelope<E> {
     /// [`DecodeError::Malformed`] when the body is not JSON, [`DecodeError::Invalid`]
     /// when it is JSON but not a valid `E` envelope.
     pub fn from_slice(body: &[u8]) -> Result<Self, DecodeError> {
-        let env: Self = decode(body)?;
+        // `data` is checked apart, as the ingress does: it must be an object.
+        let raw: Envelope<&RawValue> = decode(body)?;
+        if raw.event_type != E::TYPE {
+            return Err(wrong_type(&raw.event_type, E::TYPE).into());
+        }
+        let env = Envelope {
+            data: parse_data::<E>(raw.data)?,
+            event_id: raw.event_id,
+            event_type: raw.event_type,
+            timestamp: raw.timestamp,
+            source: raw.source,
+            user_id: raw.user_id,
+        };
         env.validate()?;
         Ok(env)
     }
@@ -300,14 +352,18 @@ impl<E: Event> Envelope<E> {
     /// A [`ValidationError`] naming the field.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if self.event_type != E::TYPE {
-            return Err(ValidationError::new(
-                "event_type",
-                format!("is {:?}, expected {:?}", truncate(&self.event_type, 64), E::TYPE),
-            ));
+            return Err(wrong_type(&self.event_type, E::TYPE));
         }
         check_common(&self.source, self.user_id, self.data.user_id())?;
         self.data.validate()
     }
+}
+
+fn wrong_type(given: &str, expected: &str) -> ValidationError {
+    ValidationError::new(
+        "event_type",
+        format!("is {:?}, expected {expected:?}", truncate(given, 64)),
+    )
 }
 
 fn check_common(source: &str, user_id: i64, data_user_id: i64) -> Result<(), ValidationError> {
@@ -351,16 +407,25 @@ impl RawEnvelope {
     /// Malformed JSON, an unknown `event_type`, or a field that fails validation.
     pub fn parse_known(body: &[u8]) -> Result<(Self, EventType), DecodeError> {
         let env: Self = decode(body)?;
-        let kind = env.check_known()?;
+        let kind = env.check_fields()?;
         Ok((env, kind))
     }
 
-    /// Validates `data` as the type `event_type` names.
+    /// Validates `data` as the type `event_type` names, and as JSON other
+    /// languages read the same way ([`portable::check_data`]).
     ///
     /// # Errors
     ///
-    /// [`DecodeError::UnknownType`] or [`DecodeError::Invalid`].
+    /// [`DecodeError::UnknownType`], [`DecodeError::Invalid`], or
+    /// [`DecodeError::Malformed`] for data that is not [`portable`].
     pub fn check_known(&self) -> Result<EventType, DecodeError> {
+        portable::check_data(self.data.get().as_bytes()).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        self.check_fields()
+    }
+
+    /// [`RawEnvelope::check_known`] but for the portability of `data`, which
+    /// [`RawEnvelope::parse_known`] checked with the whole body.
+    fn check_fields(&self) -> Result<EventType, DecodeError> {
         let kind = EventType::find(&self.event_type)
             .ok_or_else(|| DecodeError::UnknownType(truncate(&self.event_type, 128).to_owned()))?;
         let data_user_id = kind.check(&self.data)?;
@@ -370,8 +435,12 @@ impl RawEnvelope {
 }
 
 /// Deserializes a whole body (trailing bytes are malformed), naming the
-/// field that does not fit.
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+/// field that does not fit. The body must be [`portable`] and an object.
+fn decode<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, DecodeError> {
+    portable::check(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(not_an_object(body));
+    }
     // Fast path; only a body that fails pays for tracking the path.
     if let Ok(value) = serde_json::from_slice(body) {
         return Ok(value);
@@ -388,6 +457,18 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     })?;
     de.end().map_err(|e| DecodeError::Malformed(e.to_string()))?;
     Ok(value)
+}
+
+/// The error of a body that opens with `[`: serde would read the envelope's
+/// fields from a positional array, which no other language does.
+fn not_an_object(body: &[u8]) -> DecodeError {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(e) => DecodeError::Malformed(e.to_string()),
+        Ok(_) => DecodeError::Invalid(ValidationError::new(
+            ".",
+            "the envelope must be a JSON object, not an array",
+        )),
+    }
 }
 
 /// Why a body could not become a typed event. All of these are permanent.
@@ -606,6 +687,69 @@ mod tests {
             invalid_field(&SEED_REGISTERED.replace("\"2025-01-20T10:30:00Z\"\n  }", "12\n  }")),
             "data.registration_timestamp"
         );
+    }
+
+    #[test]
+    fn what_other_languages_cannot_read_is_refused_naming_the_field() {
+        let nil = SEED_REGISTERED.replacen('{', r#"{"event_id":"00000000-0000-0000-0000-000000000000","#, 1);
+        let naive = SEED_LOGIN.replacen("10:35:00Z", "10:35:00.123456", 1);
+        let year = SEED_LOGIN.replace("2025-01-20T10:35:00Z", "+10000-01-20T10:35:00Z");
+        let data_array = SEED_LOGIN.replace(
+            r#"{
+    "user_id": 123,
+    "username": "john_doe",
+    "email": "john@example.com",
+    "login_timestamp": "2025-01-20T10:35:00Z",
+    "ip_address": "192.168.1.100"
+  }"#,
+            r#"[123, "john_doe", "john@example.com", "2025-01-20T10:35:00Z", "192.168.1.100"]"#,
+        );
+        for (body, field) in [
+            (nil.as_str(), "event_id"),
+            (naive.as_str(), "timestamp"),
+            (year.as_str(), "timestamp"),
+            (data_array.as_str(), "data"),
+        ] {
+            assert_eq!(invalid_field(body), field, "{body}");
+            if field != "event_id" {
+                let typed = Envelope::<UserLogin>::from_slice(body.as_bytes()).unwrap_err();
+                assert!(
+                    matches!(&typed, DecodeError::Invalid(v) if v.field == field),
+                    "{typed:?}"
+                );
+            }
+        }
+        let typed = Envelope::<UserRegistered>::from_slice(nil.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&typed, DecodeError::Invalid(v) if v.field == "event_id"),
+            "{typed:?}"
+        );
+        let wrapped = format!("[{SEED_LOGIN}]");
+        assert_eq!(invalid_field(&wrapped), ".");
+        assert!(matches!(
+            RawEnvelope::parse_known(b"[1, 2"),
+            Err(DecodeError::Malformed(_))
+        ));
+        let surrogate = SEED_LOGIN.replace("john_doe", r"john\ud800");
+        let err = Envelope::<UserLogin>::from_slice(surrogate.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Malformed(m) if m.contains("data.username")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn check_known_checks_data_built_in_code_too() {
+        let deep = serde_json::from_str::<serde_json::Value>(&format!(
+            r#"{{"user_id": 5, "x": {}{}}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        ))
+        .unwrap();
+        let env = RawEnvelope::new_raw("user.registered".into(), "cli".into(), 5, &deep);
+        assert!(matches!(env.check_known(), Err(DecodeError::Malformed(m)) if m.contains("nested deeper")));
+        let array = RawEnvelope::new_raw("user.registered".into(), "cli".into(), 5, &serde_json::json!([5]));
+        assert!(matches!(array.check_known(), Err(DecodeError::Invalid(v)) if v.field == "data"));
     }
 
     #[test]

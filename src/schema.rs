@@ -81,24 +81,26 @@ pub fn ip_patterns() -> (String, String) {
     (format!("^{}$", ipv4()), format!("^(?:{})$", ipv6()))
 }
 
-/// An RFC 3339 date-time (`2025-01-20T10:30:00Z`, with optional fraction
-/// and offset). warren's parser also takes a space for the `T`; producers
-/// should send this form.
+/// An RFC 3339 date-time as warren takes it (`event::timestamp`): year
+/// 0001 to 9999, a capital `T`, seconds 00 to 59, a fraction of 1 to 9
+/// digits, and an offset (`Z` or `+hh:mm`). One rule is beyond a pattern:
+/// the year must stay within 0001 to 9999 once converted to UTC.
 #[must_use]
 pub fn date_time_pattern() -> &'static str {
     concat!(
-        "^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])",
-        "[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\\.[0-9]+)?",
-        "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+        "^(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])",
+        "T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,9})?",
+        "(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
     )
 }
 
 /// The forms of a UUID the `uuid` crate parses: hyphenated, simple (32 hex
-/// digits), braced and URN.
+/// digits), braced and URN; never the nil UUID.
 #[must_use]
 pub fn uuid_pattern() -> &'static str {
     concat!(
-        "^(?:[0-9A-Fa-f]{32}",
+        "^(?![{]?(?:urn:uuid:)?0{8}-?0{4}-?0{4}-?0{4}-?0{12}[}]?$)",
+        "(?:[0-9A-Fa-f]{32}",
         "|(?:urn:uuid:)?[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}",
         "|\\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\\})$"
     )

@@ -79,6 +79,33 @@ async fn invalid_input_fails_with_one_line_naming_the_cause_and_publishes_nothin
         (&["publish", "user.deleted", "--data", DATA], "unknown event type"),
         (&["publish", "user.registered", "--data", "{oops"], "not valid JSON"),
         (&["publish", "user.login", "--data", DATA], "data.login_timestamp"),
+        // What the ingress refuses, the CLI refuses too.
+        (
+            &[
+                "publish",
+                "user.registered",
+                "--data",
+                &DATA.replace("ann\"", "ann\\ud800\""),
+            ],
+            "lone surrogate",
+        ),
+        (
+            &[
+                "publish",
+                "user.registered",
+                "--data",
+                &DATA.replace("}", &format!(r#","x":{}{}}}"#, "[".repeat(40), "]".repeat(40))),
+            ],
+            "nested deeper than 32",
+        ),
+        (
+            &["publish", "user.registered", "--data", &DATA.replace("Z\"", "\"")],
+            "an offset (`Z` or `+hh:mm`) is required",
+        ),
+        (
+            &["publish", "user.registered", "--user-id", "7", "--data", "[7]"],
+            "must be a JSON object",
+        ),
     ];
     for (args, needle) in cases {
         let out = warren(args, &env);
@@ -134,6 +161,79 @@ fn config_redacts_and_export_matches_the_committed_definitions() {
     let out = warren(&["topology", "export"], &[]);
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), include_str!("../definitions/definitions.json"));
+}
+
+/// Runs warren like [`warren`], but kills it after `within`: `None` when it
+/// was still running then.
+fn warren_within(args: &[&str], env: &[(&str, &str)], within: std::time::Duration) -> Option<Output> {
+    let dir = std::env::temp_dir().join(support::unique("cli"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .current_dir(&dir)
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run warren");
+    let deadline = std::time::Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[tokio::test]
+async fn a_webhook_url_into_the_own_ingress_is_refused_at_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Names of its own, in case warren did start and declare its topology.
+    let s = support::settings("cli-loop", false);
+    let cases = [
+        ("run", format!("127.0.0.1:{port}"), format!("http://localhost:{port}")),
+        (
+            "consume",
+            format!("127.0.0.1:{port}"),
+            format!("http://127.0.0.1:{port}/"),
+        ),
+        ("run", format!("0.0.0.0:{port}"), format!("http://127.0.0.1:{port}")),
+    ];
+    let outputs: Vec<_> = cases
+        .iter()
+        .map(|(command, listen, url)| {
+            let env = [
+                ("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str()),
+                ("WARREN_CONSUMER__SERVICE", s.consumer.service.as_str()),
+                ("WARREN_INGRESS__LISTEN", listen.as_str()),
+                ("GO_BACKEND_URL", url.as_str()),
+            ];
+            warren_within(
+                &[command, "--handler", "webhook"],
+                &env,
+                std::time::Duration::from_secs(10),
+            )
+        })
+        .collect();
+    let conn = support::connect().await;
+    support::cleanup(&conn, &warren::Topology::from_settings(&s)).await;
+    for ((command, listen, url), out) in cases.iter().zip(outputs) {
+        let out = out.unwrap_or_else(|| panic!("warren {command} with {url} into {listen} started"));
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{command} with {url} started");
+        for needle in ["webhook.url", "GO_BACKEND_URL", "ingress.listen", listen.as_str()] {
+            assert!(err.contains(needle), "{command} {url}: {err:?} lacks {needle:?}");
+        }
+    }
 }
 
 #[test]

@@ -231,7 +231,7 @@ fn warren_accepts_the_compose_environment_without_warnings() {
     );
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("matches no setting"), "{stderr}");
-    assert!(stdout.contains(r#"listen = "0.0.0.0:8080""#), "{stdout}");
+    assert!(stdout.contains(r#"listen = "0.0.0.0:8597""#), "{stdout}");
     assert!(stdout.contains(r#"url = "http://receiver:8081""#), "{stdout}");
     assert!(stdout.contains(r#"secret = "***""#), "{stdout}");
 }

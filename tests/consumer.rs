@@ -507,3 +507,60 @@ async fn retries_are_logged_at_warn_once_per_interval_and_each_dead_letter_with_
     assert_eq!(parked.len(), 1, "{:#?}", logs.lines());
     support::cleanup(&conn, &topology).await;
 }
+
+#[tokio::test]
+async fn what_the_ingress_refuses_the_consumer_dead_letters_naming_the_field() {
+    let conn = support::connect().await;
+    let s = support::settings("refused", false);
+    let seen = seen();
+    let consumer = Consumer::new(s.clone()).on(recorder(&seen));
+    let topology = consumer.topology();
+    let (token, handle) = start(consumer).await;
+    let good = br#"{"event_type":"user.registered","timestamp":"2025-01-20T10:30:00Z","source":"s","user_id":1,"data":{"user_id":1,"username":"a","email":"a@example.com","registration_timestamp":"2025-01-20T10:30:00Z"}}"#;
+    let body = |from: &str, to: &str| String::from_utf8_lossy(good).replacen(from, to, 1);
+    let cases = [
+        (
+            body("{", r#"{"event_id":"00000000-0000-0000-0000-000000000000","#),
+            "invalid",
+            "`event_id`",
+        ),
+        (body("10:30:00Z", "10:30:00.123456"), "invalid", "`timestamp`"),
+        (
+            body("10:30:00Z\"}", "10:30:00\"}"),
+            "invalid",
+            "`data.registration_timestamp`",
+        ),
+        (
+            body(
+                r#"{"user_id":1,"username":"a","email":"a@example.com","registration_timestamp":"2025-01-20T10:30:00Z"}"#,
+                r#"[1,"a","a@example.com","2025-01-20T10:30:00Z"]"#,
+            ),
+            "invalid",
+            "`data`",
+        ),
+        (format!("[{}]", body("", "")), "invalid", "JSON object"),
+        (body("\"s\"", "\"s\\udfff\""), "malformed", "lone surrogate"),
+    ];
+    let x = &s.topology.exchange;
+    for (body, _, _) in &cases {
+        support::publish_raw(&conn, x, "user.registered", body.as_bytes()).await;
+    }
+    let ch = conn.create_channel().await.unwrap();
+    let dead = topology.dead_queue("user.registered");
+    support::wait_ready(&ch, &dead, cases.len() as u32, Duration::from_secs(10)).await;
+    stop(token, handle).await;
+    let got = support::drain(&ch, &dead).await;
+    support::cleanup(&conn, &topology).await;
+
+    assert_eq!(count(&seen), 0, "no refused body reached the handler");
+    for (body, reason, needle) in &cases {
+        let parked = got
+            .iter()
+            .find(|d| d.data == body.as_bytes())
+            .unwrap_or_else(|| panic!("not parked: {body}"));
+        let p = &parked.properties;
+        assert_eq!(headers::text(p, headers::REASON).as_deref(), Some(*reason), "{body}");
+        let error = headers::text(p, headers::ERROR).unwrap();
+        assert!(error.contains(needle), "{body}: {error}");
+    }
+}

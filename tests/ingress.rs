@@ -1,13 +1,17 @@
 //! The HTTP ingress: every status of the router with a recording fake sink
-//! (no socket), then metrics, and end to end over a real socket and the real
-//! broker.
+//! (no socket), then metrics, connection limits over a real socket, and end
+//! to end over a real socket and the real broker.
 
 mod support;
 
+#[path = "ingress/bad_input.rs"]
+mod bad_input;
 #[path = "ingress/batch.rs"]
 mod batch;
 #[path = "ingress/common.rs"]
 mod common;
+#[path = "ingress/connections.rs"]
+mod connections;
 #[path = "ingress/single.rs"]
 mod single;
 

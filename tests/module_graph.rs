@@ -69,7 +69,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         }
         let mut names = BTreeSet::new();
         crate_paths(&path, &mut names);
-        let uses = names
+        let uses: BTreeSet<String> = names
             .into_iter()
             .map(|n| {
                 MACROS
@@ -79,7 +79,8 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             })
             .filter(|n| *n != module && layer_of(n).is_some())
             .collect();
-        graph.insert(module, uses);
+        // `event.rs` and `event/` are one module: merge what both use.
+        graph.entry(module).or_insert_with(BTreeSet::new).extend(uses);
     }
     graph
 }

@@ -20,6 +20,7 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 use warren::config::WebhookSettings;
 use warren::consumer::{AnyEventHandler, Consumer, Context, HandlerError, headers};
+use warren::http::{AppState, EventSink};
 use warren::webhook::WebhookHandler;
 use warren::{Envelope, Publisher, UserRegistered};
 
@@ -271,6 +272,137 @@ async fn connection_refused_is_transient() {
         }
         other => panic!("expected Transient, got {other:?}"),
     }
+}
+
+/// A sink that counts what the ingress publishes, then publishes it.
+struct Counting<S> {
+    inner: S,
+    published: std::sync::atomic::AtomicUsize,
+}
+
+impl<S: EventSink> EventSink for Counting<S> {
+    fn publish<'a>(
+        &'a self,
+        env: &'a warren::event::RawEnvelope,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), warren::PublishError>> {
+        self.published.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.publish(env)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+}
+
+/// A sink that stores nothing and is always ready.
+struct Nowhere;
+
+impl EventSink for Nowhere {
+    fn publish<'a>(
+        &'a self,
+        _: &'a warren::event::RawEnvelope,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), warren::PublishError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Serves a warren ingress publishing to `sink` on 127.0.0.1:0; its base URL.
+async fn ingress(sink: Arc<dyn EventSink>, shutdown: CancellationToken) -> String {
+    let state = AppState::new(sink, &warren::Settings::default().ingress);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warren::http::serve(listener, state, shutdown));
+    base
+}
+
+/// `POST /events` of `body` over a fresh connection; the whole answer.
+async fn post_event(addr: std::net::SocketAddr, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn a_delivery_into_a_warren_ingress_is_refused_there_and_not_retried() {
+    let sink = Arc::new(Counting {
+        inner: Nowhere,
+        published: Default::default(),
+    });
+    let shutdown = CancellationToken::new();
+    let base = ingress(sink.clone(), shutdown.clone()).await;
+    let handler = WebhookHandler::new(&webhook_settings(&base, Duration::from_secs(5))).unwrap();
+    let result = handler.handle_any(registered(9), ctx()).await;
+    shutdown.cancel();
+    match result {
+        Err(HandlerError::Permanent(msg)) => {
+            assert!(msg.contains("508") && msg.contains("forwarding_loop"), "{msg}");
+            assert!(msg.contains("leads back into warren"), "{msg}");
+        }
+        other => panic!("expected Permanent, got {other:?}"),
+    }
+    assert_eq!(sink.published.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn end_to_end_a_loop_through_a_proxy_forwards_once_then_dead_letters() {
+    let conn = support::connect().await;
+    let mut s = support::settings("wh-loop", false);
+    s.consumer.event_types = vec!["user.login".into()];
+    s.consumer.retry.delays = vec![Duration::from_millis(200)];
+    s.consumer.shutdown_timeout = Duration::from_secs(5);
+    let topology = support::declare(&conn, &s).await;
+    let publisher = Publisher::connect(&s, "tests-ingress").await.unwrap();
+    let sink = Arc::new(Counting {
+        inner: publisher,
+        published: Default::default(),
+    });
+    let shutdown = CancellationToken::new();
+    let base = ingress(sink.clone(), shutdown.clone()).await;
+    // The webhook reaches the ingress through another port, so the start-up
+    // check cannot see the loop: only the marker header can.
+    let upstream: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let proxy = support::proxy::Proxy::start(upstream).await;
+    s.webhook = webhook_settings(&format!("http://{}", proxy.addr()), Duration::from_secs(5));
+    let (stop_consumer, task) = start_consumer(&s);
+
+    let answer = post_event(upstream, include_str!("fixtures/seed_user_login.json")).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+
+    let ch = conn.create_channel().await.unwrap();
+    let dead = topology.dead_queue("user.login");
+    support::wait_ready(&ch, &dead, 1, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(stop_consumer, task).await;
+    shutdown.cancel();
+
+    assert_eq!(
+        sink.published.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the client's POST was published; the forwarded copy was refused"
+    );
+    let parked = support::drain(&ch, &dead).await;
+    assert_eq!(parked.len(), 1);
+    let p = &parked[0].properties;
+    assert_eq!(headers::text(p, headers::REASON).as_deref(), Some("permanent"));
+    let error = headers::text(p, headers::ERROR).unwrap();
+    assert!(
+        error.contains("508") && error.contains("leads back into warren"),
+        "{error}"
+    );
+    assert_eq!(support::ready(&ch, &topology.work_queue("user.login")).await, 0);
+    support::cleanup(&conn, &topology).await;
 }
 
 /// Settings with their own names, fast retry tiers and the receiver's URL.

@@ -178,6 +178,8 @@ impl RetrySettings {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngressSettings {
+    /// Where the ingress listens: port 8597 by default, away from the ports
+    /// of the services warren sits between (Go on 8080, Django on 8000).
     pub listen: SocketAddr,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
@@ -188,6 +190,16 @@ pub struct IngressSettings {
     /// Time limit of one request.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
+    /// Time a client has to send a complete request head, from the
+    /// connection's start or from its first byte after an idle spell.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Connections open at once; at the cap, the one slowest to send its
+    /// request head (else the one idle the longest) is closed for a new one.
+    pub max_connections: usize,
 }
 
 /// The webhook handler that forwards events over HTTP.
@@ -267,11 +279,17 @@ impl Default for Settings {
                 },
             },
             ingress: IngressSettings {
-                listen: "127.0.0.1:8080".parse().expect("literal address"),
+                listen: "127.0.0.1:8597".parse().expect("literal address"),
                 max_body: 64 * 1024,
                 max_batch: 500,
                 token: None,
                 request_timeout: Duration::from_secs(30),
+                header_timeout: Duration::from_secs(10),
+                // Longer than the 90 s that Go's and reqwest's pools keep an
+                // idle connection: the client closes first, so it never
+                // sends a request into a connection the ingress is closing.
+                idle_timeout: Duration::from_secs(120),
+                max_connections: 1024,
             },
             webhook: WebhookSettings {
                 url: None,
@@ -349,6 +367,16 @@ fn collect_keys(prefix: &str, value: &serde_json::Value, out: &mut BTreeSet<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ingress_listens_off_the_seed_services_ports() {
+        // The Go server (GO_BACKEND_URL) is on 8080 and Django's runserver on
+        // 8000: an ingress there would take their place, or receive what the
+        // webhook forwards to them.
+        let listen = Settings::default().ingress.listen;
+        assert_eq!(listen.to_string(), "127.0.0.1:8597");
+        assert!(![8000, 8080].contains(&listen.port()));
+    }
 
     #[test]
     fn redacted_output_hides_secrets() {

@@ -90,6 +90,9 @@ impl fmt::Debug for IngressSettings {
             max_batch,
             token,
             request_timeout,
+            header_timeout,
+            idle_timeout,
+            max_connections,
         } = self;
         f.debug_struct("IngressSettings")
             .field("listen", listen)
@@ -97,6 +100,9 @@ impl fmt::Debug for IngressSettings {
             .field("max_batch", max_batch)
             .field("token", &hidden(token.as_ref()))
             .field("request_timeout", request_timeout)
+            .field("header_timeout", header_timeout)
+            .field("idle_timeout", idle_timeout)
+            .field("max_connections", max_connections)
             .finish()
     }
 }

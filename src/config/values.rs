@@ -62,12 +62,13 @@ fn kind_of(key: &str) -> Option<Kind> {
         | "ingress.request_timeout"
         | "webhook.timeout"
         | "relay.retention" => Kind::Duration,
-        "relay.poll_interval" => Kind::Positive,
+        "relay.poll_interval" | "ingress.header_timeout" | "ingress.idle_timeout" => Kind::Positive,
         "topology.queue_type" => Kind::QueueType,
         "topology.delivery_limit" | "consumer.retry.attempts" => whole(0, u64::from(u32::MAX)),
         "consumer.prefetch" => whole(1, u64::from(u16::MAX)),
         "consumer.concurrency" | "relay.batch_size" | "relay.pool_size" => whole(1, usize::MAX as u64),
         "ingress.max_body" | "ingress.max_batch" => whole(0, usize::MAX as u64),
+        "ingress.max_connections" => whole(1, usize::MAX as u64),
         "publisher.resend_on_reconnect" | "topology.declare" => Kind::Bool,
         "consumer.event_types" => Kind::EventTypes,
         "consumer.retry.delays" => Kind::Delays,
@@ -87,7 +88,7 @@ pub(super) fn expected(key: &str) -> String {
         Some(Kind::Duration) => "a duration like 500ms, 30s or 2m (a bare number is seconds)".into(),
         Some(Kind::Positive) => "a duration above zero, like 500ms, 30s or 2m".into(),
         Some(Kind::Delays) => "a list of durations above zero, like 1s,10s,1m".into(),
-        Some(Kind::Address) => "an address like 127.0.0.1:8080".into(),
+        Some(Kind::Address) => "an address like 127.0.0.1:8597".into(),
         Some(Kind::QueueType) => "quorum or classic".into(),
         Some(Kind::EventTypes) => format!("a list of event types from: {}", EventType::known_names()),
         Some(Kind::AmqpUrl) => "an AMQP URL like amqp://user:password@host:5672/%2f".into(),
@@ -223,6 +224,13 @@ mod tests {
             Err(Some(m)) if m.contains("\"user.deleted\"")
         ));
         assert!(check("webhook.timeout", &text("-1")).is_err());
+        // A connection limit of zero would close every connection at once.
+        for key in ["ingress.header_timeout", "ingress.idle_timeout"] {
+            assert_eq!(check(key, &text("250ms")), Ok(()), "{key}");
+            assert!(check(key, &text("0s")).is_err(), "{key}");
+        }
+        assert!(check("ingress.max_connections", &text("0")).is_err());
+        assert_eq!(check("ingress.max_connections", &text("64")), Ok(()));
         assert!(check("publisher.resend_on_reconnect", &text("maybe")).is_err());
         assert!(check("ingress.listen", &text("localhost")).is_err());
         assert!(check("topology.queue_type", &text("stream")).is_err());

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::event::portable::PortableError;
 use crate::event::{DecodeError, EVENT_TYPES};
 use crate::publisher::PublishError;
 use crate::refusal::Refusal;
@@ -100,6 +101,21 @@ impl ApiError {
         e
     }
 
+    /// 508: a warren webhook forwarded this request (`warren-forwarded:
+    /// <event_id>`) and it came back into an ingress; nothing is published.
+    pub fn forwarding_loop(event_id: &str) -> Self {
+        Self::new(
+            StatusCode::LOOP_DETECTED,
+            "forwarding_loop",
+            format!(
+                "this request was forwarded by a warren webhook (warren-forwarded: {}) and came back into a \
+                 warren ingress, so it is not published again: webhook.url leads back into warren; point it at \
+                 the receiver",
+                crate::event::truncate(event_id, 64)
+            ),
+        )
+    }
+
     /// 415: the body is not declared as JSON.
     pub fn unsupported_media_type(given: Option<&str>) -> Self {
         let message = match given {
@@ -110,6 +126,18 @@ impl ApiError {
             None => "the Content-Type header is missing: send application/json".to_owned(),
         };
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
+    }
+
+    /// 415: a `Content-Encoding` the ingress does not decode (it decodes none).
+    pub fn unsupported_encoding(given: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!(
+                "Content-Encoding {:?} is not supported: send the body uncompressed",
+                crate::event::truncate(given, 100)
+            ),
+        )
     }
 
     /// 413: the body is over `ingress.max_body`.
@@ -178,6 +206,11 @@ impl ApiError {
             StatusCode::UNPROCESSABLE_ENTITY
         };
         Self::from_body(status, decode_body(err))
+    }
+
+    /// 400: JSON that other languages would not read as warren does.
+    pub fn from_portable(err: &PortableError) -> Self {
+        Self::from_body(StatusCode::BAD_REQUEST, portable_body(err))
     }
 
     /// 503: the broker connection is down; nothing was published.
@@ -265,6 +298,27 @@ pub fn decode_body(err: DecodeError) -> ErrorBody {
             b
         }
     }
+}
+
+/// The error of a body that is not [`crate::event::portable`].
+pub fn portable_body(err: &PortableError) -> ErrorBody {
+    let code = match err {
+        PortableError::NotUtf8 { .. } => "malformed_json",
+        PortableError::TooDeep { .. } => "too_deep",
+        PortableError::LoneSurrogate { .. } => "lone_surrogate",
+        PortableError::Number { .. } => "number_out_of_range",
+    };
+    let mut body = ErrorBody::new(code, err.to_string());
+    body.field = err.field().map(str::to_owned);
+    match err {
+        PortableError::NotUtf8 { line, column } => {
+            body.line = Some(*line);
+            body.column = Some(*column);
+        }
+        PortableError::TooDeep { limit, .. } => body.limit = Some(*limit),
+        PortableError::LoneSurrogate { .. } | PortableError::Number { .. } => {}
+    }
+    body
 }
 
 /// Status and body for an unconfirmed publish. Messages are fixed text: the

@@ -14,9 +14,9 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS, decode_body, publish_body};
-use super::middleware::Authorized;
-use crate::event::{DecodeError, RawEnvelope};
+use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS, decode_body, portable_body, publish_body};
+use super::middleware::{Authorized, NotForwarded};
+use crate::event::{DecodeError, RawEnvelope, portable};
 use crate::publisher::PublishError;
 
 /// The 202 answer of `POST /events`.
@@ -29,20 +29,13 @@ struct Accepted {
 /// `POST /events`: one envelope.
 pub(crate) async fn publish_one(
     State(state): State<AppState>,
+    _: NotForwarded,
     _: Authorized,
-    ContentType(content_type): ContentType,
+    headers: BodyHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = json_body(content_type.as_ref(), body, state.settings().max_body)?;
-    let (env, _) = RawEnvelope::parse_known(&body).map_err(|e| {
-        // Only a rejected body pays for a second pass: a syntax error
-        // anywhere in it is a 400 with its position, even when the parse
-        // into an envelope stopped earlier at a field of the wrong type.
-        match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-            Err(syntax) => ApiError::malformed(&syntax),
-            Ok(_) => ApiError::from_decode(e),
-        }
-    })?;
+    let body = json_body(&headers, body, state.settings().max_body)?;
+    let (env, _) = RawEnvelope::parse_known(&body).map_err(|e| rejected(&body, e))?;
     if !state.sink().is_ready() {
         return Err(ApiError::not_ready(state.sink().refusal().as_ref()));
     }
@@ -56,28 +49,53 @@ pub(crate) async fn publish_one(
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
-/// The request's `Content-Type`, if any (without copying the other headers).
-pub(crate) struct ContentType(Option<HeaderValue>);
-
-impl<S: Sync> FromRequestParts<S> for ContentType {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(parts.headers.get(header::CONTENT_TYPE).cloned()))
+/// Why a body was refused, as precisely as a second look tells; only a
+/// refused body pays for it. JSON other languages would not read as warren
+/// does is a 400 naming the field; a syntax error anywhere is a 400 with its
+/// position, even when the parse into an envelope stopped earlier at a field
+/// of the wrong type.
+fn rejected(body: &[u8], err: DecodeError) -> ApiError {
+    if let Err(e) = portable::check(body) {
+        return ApiError::from_portable(&e);
+    }
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(syntax) => ApiError::malformed(&syntax),
+        Ok(_) => ApiError::from_decode(err),
     }
 }
 
-/// Checks the content type, then takes the body (the extractor already
-/// applied `ingress.max_body`).
-fn json_body(
-    content_type: Option<&HeaderValue>,
-    body: Result<Bytes, BytesRejection>,
-    max_body: usize,
-) -> Result<Bytes, ApiError> {
-    let content_type = content_type.map(HeaderValue::as_bytes);
+/// The request's `Content-Type` and `Content-Encoding`, if any (without
+/// copying the other headers).
+pub(crate) struct BodyHeaders {
+    content_type: Option<HeaderValue>,
+    content_encoding: Option<HeaderValue>,
+}
+
+impl<S: Sync> FromRequestParts<S> for BodyHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            content_encoding: parts.headers.get(header::CONTENT_ENCODING).cloned(),
+        })
+    }
+}
+
+/// Checks the content type and encoding, then takes the body (the extractor
+/// already applied `ingress.max_body`).
+fn json_body(headers: &BodyHeaders, body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Bytes, ApiError> {
+    let content_type = headers.content_type.as_ref().map(HeaderValue::as_bytes);
     if !content_type.is_some_and(is_json) {
         let shown = content_type.map(String::from_utf8_lossy);
         return Err(ApiError::unsupported_media_type(shown.as_deref()));
+    }
+    // Compressed bytes would fail as "malformed JSON"; say what is wrong.
+    if let Some(encoding) = &headers.content_encoding {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes());
+        if !encoding.trim().eq_ignore_ascii_case("identity") {
+            return Err(ApiError::unsupported_encoding(&encoding));
+        }
     }
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -141,11 +159,12 @@ struct BatchResult {
 /// rejected.
 pub(crate) async fn publish_batch(
     State(state): State<AppState>,
+    _: NotForwarded,
     _: Authorized,
-    ContentType(content_type): ContentType,
+    headers: BodyHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = json_body(content_type.as_ref(), body, state.settings().max_body)?;
+    let body = json_body(&headers, body, state.settings().max_body)?;
     let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
         if e.is_data() {
             ApiError::not_an_array()
@@ -164,19 +183,34 @@ pub(crate) async fn publish_batch(
         return Err(ApiError::not_ready(state.sink().refusal().as_ref()));
     }
     let results = join_all(
-        parsed
-            .into_iter()
+        items
+            .iter()
+            .zip(parsed)
             .enumerate()
-            .map(|(index, p)| item_result(&state, index, p)),
+            .map(|(index, (item, p))| item_result(&state, index, item.get().as_bytes(), p)),
     )
     .await;
     Ok(batch_response(results))
 }
 
-/// Publishes one parsed item (when it is valid) and says how it went.
-async fn item_result(state: &AppState, index: usize, parsed: Result<RawEnvelope, DecodeError>) -> ItemResult {
+/// The error of a refused batch item (JSON already: it parsed as a value).
+fn item_error(item: &[u8], err: DecodeError) -> ErrorBody {
+    match portable::check(item) {
+        Err(e) => portable_body(&e),
+        Ok(()) => decode_body(err),
+    }
+}
+
+/// Publishes one parsed item (when it is valid) and says how it went;
+/// `item` is its JSON text.
+async fn item_result(
+    state: &AppState,
+    index: usize,
+    item: &[u8],
+    parsed: Result<RawEnvelope, DecodeError>,
+) -> ItemResult {
     let (status, event_id, error) = match parsed {
-        Err(e) => ("rejected", None, Some(decode_body(e))),
+        Err(e) => ("rejected", None, Some(item_error(item, e))),
         Ok(env) => match publish(state, &env).await {
             Ok(()) => ("accepted", Some(env.event_id), None),
             Err(e) => {

@@ -1,6 +1,6 @@
-//! What wraps the ingress's handlers: the bearer-token check (an extractor
-//! of the `/events` routes) and [`ObserveLayer`] (request deadline and
-//! request metrics, around every route).
+//! What wraps the ingress's handlers: the loop and bearer-token checks
+//! (extractors of the `/events` routes) and [`ObserveLayer`] (request
+//! deadline and request metrics, around every route).
 //!
 //! Both run on every request, so they avoid per-request work that
 //! `axum::middleware::from_fn` would add (a boxed clone of the inner
@@ -24,7 +24,31 @@ use tower::{Layer, Service};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::event::{FORWARDED_HEADER, truncate};
 use crate::metrics::{INGRESS_REQUEST_DURATION_SECONDS, INGRESS_REQUESTS_TOTAL};
+
+/// Extracting it rejects the request with 508 when it carries
+/// [`FORWARDED_HEADER`]: warren's webhook sent it, and it came back into an
+/// ingress (`webhook.url` leads back into warren, through a proxy say).
+/// Publishing it again would forward it again, without end. Listed first, it
+/// runs before the token check and the body.
+pub(crate) struct NotForwarded;
+
+impl<S: Sync> FromRequestParts<S> for NotForwarded {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(FORWARDED_HEADER) else {
+            return Ok(Self);
+        };
+        let event_id = String::from_utf8_lossy(value.as_bytes());
+        tracing::warn!(
+            event_id = truncate(&event_id, 64),
+            "refused an event that warren's webhook forwarded: webhook.url leads back into a warren ingress"
+        );
+        Err(ApiError::forwarding_loop(&event_id))
+    }
+}
 
 /// Extracting it rejects the request with 401 unless it carries
 /// `Authorization: Bearer <ingress.token>` (when a token is configured).
@@ -187,7 +211,7 @@ impl Route {
 
 /// The statuses the ingress answers with (others are counted too, through
 /// a slower look-up).
-const STATUSES: [u16; 12] = [200, 202, 207, 400, 401, 404, 405, 413, 415, 422, 500, 503];
+const STATUSES: [u16; 13] = [200, 202, 207, 400, 401, 404, 405, 413, 415, 422, 500, 503, 508];
 
 /// Handles of the request metrics, registered with the installed recorder
 /// on first use.

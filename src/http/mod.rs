@@ -25,11 +25,13 @@
 //!
 //! Status codes and bodies are documented in `docs/HTTP.md`.
 
+mod connections;
 mod error;
 mod health;
 mod ingress;
 mod middleware;
 mod probes;
+mod server;
 mod sink;
 
 use std::sync::Arc;
@@ -157,45 +159,41 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 /// Serves [`router`] on `listener` until `shutdown` is cancelled, then
-/// stops accepting connections and lets requests in flight finish (each is
-/// bounded by `ingress.request_timeout`).
+/// stops accepting connections, closes those that are not busy and lets
+/// requests in flight finish (each is bounded by `ingress.request_timeout`).
+/// Connections get `ingress.header_timeout` to send a request head and
+/// `ingress.idle_timeout` between requests; at most
+/// `ingress.max_connections` are open (docs/HTTP.md, "Connections").
 ///
 /// # Errors
 ///
 /// An I/O error of the listener.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
-    serve_router(listener, router(state), shutdown, "ingress").await
+    let settings = state.settings().clone();
+    serve_router(listener, router(state), &settings, shutdown, "ingress").await
 }
 
 /// Serves [`metrics_router`] on `listener` (for `metrics.listen`) until
-/// `shutdown` is cancelled.
+/// `shutdown` is cancelled, with the connection limits of [`serve`].
 ///
 /// # Errors
 ///
 /// An I/O error of the listener.
 pub async fn serve_metrics(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
-    serve_router(listener, metrics_router(state), shutdown, "metrics").await
+    let settings = state.settings().clone();
+    serve_router(listener, metrics_router(state), &settings, shutdown, "metrics").await
 }
 
 async fn serve_router(
     listener: TcpListener,
     app: Router,
+    settings: &IngressSettings,
     shutdown: CancellationToken,
     what: &'static str,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, what, "HTTP listening");
-    use axum::serve::ListenerExt;
-    // Small responses must not wait for Nagle's algorithm and the client's
-    // delayed ACK: without TCP_NODELAY a keep-alive client waits on every 202.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    server::serve(listener, app, settings, shutdown).await;
     tracing::info!(%addr, what, "HTTP stopped");
     Ok(())
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{ApiError, RETRY_AFTER_SECS};
+use crate::config::IngressSettings;
 use crate::readiness::Readiness;
 
 /// The content type of the Prometheus text exposition format.
@@ -35,7 +36,8 @@ pub fn probes_router(readiness: Readiness, metrics: PrometheusHandle) -> Router 
         .with_state(Probes { readiness, metrics })
 }
 
-/// Serves [`probes_router`] on `listener` until `shutdown` is cancelled.
+/// Serves [`probes_router`] on `listener` until `shutdown` is cancelled,
+/// with the connection limits of `limits` (the ingress's timeouts and cap).
 ///
 /// # Errors
 ///
@@ -44,9 +46,10 @@ pub async fn serve_probes(
     listener: TcpListener,
     readiness: Readiness,
     metrics: PrometheusHandle,
+    limits: &IngressSettings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    super::serve_router(listener, probes_router(readiness, metrics), shutdown, "probes").await
+    super::serve_router(listener, probes_router(readiness, metrics), limits, shutdown, "probes").await
 }
 
 async fn ready(State(p): State<Probes>) -> Response {

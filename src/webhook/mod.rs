@@ -16,13 +16,16 @@
 //! Each delivery is `POST {webhook.url}{webhook.path}` with the envelope as
 //! its JSON body and the headers `webhook-id` (the `event_id`, the same on
 //! every retry), `webhook-timestamp` (unix seconds of this attempt) and,
-//! when `webhook.secret` is set, `webhook-signature`. A 2xx answer acks the
-//! event; 408, 429, 5xx, timeouts and connection errors retry it later; any
-//! other answer (3xx included: redirects are not followed) dead-letters it
-//! with the status and the start of the response body. `docs/WEBHOOK.md` is
+//! when `webhook.secret` is set, `webhook-signature`, and `warren-forwarded`
+//! (the `event_id` again: a warren ingress refuses such a request with 508,
+//! so a URL that leads back into warren cannot loop). A 2xx answer acks the
+//! event; 408, 429, 5xx but 508, timeouts and connection errors retry it
+//! later; any other answer (3xx included: redirects are not followed)
+//! dead-letters it with the status and the start of the response body. `docs/WEBHOOK.md` is
 //! the receiver's side.
 
 mod response;
+mod self_loop;
 mod signature;
 
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use reqwest::{StatusCode, Url};
 use tracing::{debug, warn};
 
 pub use response::MAX_SNIPPET;
+pub use self_loop::{check_not_ingress, reaches_ingress};
 pub use signature::{MIN_KEY_LEN, SECRET_PREFIX, Secret};
 
 use crate::config::WebhookSettings;
@@ -66,6 +70,19 @@ pub enum WebhookError {
     /// `webhook.timeout` is zero.
     #[error("webhook.timeout must be above zero")]
     ZeroTimeout,
+    /// `webhook.url` reaches warren's own ingress: every event would be
+    /// forwarded into warren and published again.
+    #[error(
+        "webhook.url (GO_BACKEND_URL) {url} leads back into warren's own ingress (ingress.listen = {listen}): \
+         every event would be forwarded into warren and published again. Point webhook.url at the receiver, \
+         or move the ingress (WARREN_INGRESS__LISTEN)"
+    )]
+    LoopsToIngress {
+        /// The endpoint, its password replaced by `***`.
+        url: String,
+        /// `ingress.listen`.
+        listen: std::net::SocketAddr,
+    },
     /// The HTTP client could not be set up (TLS roots, …).
     #[error("cannot set up the webhook HTTP client: {0}")]
     Client(String),
@@ -174,7 +191,10 @@ impl WebhookHandler {
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header(ATTEMPT_HEADER, attempt.to_string());
+            .header(ATTEMPT_HEADER, attempt.to_string())
+            // A warren ingress refuses what carries it: a webhook.url that
+            // leads back into warren (through a proxy, say) cannot loop.
+            .header(crate::event::FORWARDED_HEADER, id);
         if let Some(secret) = &inner.secret {
             request = request.header("webhook-signature", secret.sign(id, timestamp, &body));
         }

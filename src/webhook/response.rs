@@ -33,6 +33,11 @@ fn classify(status: StatusCode, snippet: &str, location: Option<String>) -> Resu
         return Ok(());
     }
     let mut msg = format!("receiver answered {status}");
+    if status == StatusCode::LOOP_DETECTED {
+        // A warren ingress answers 508 to what a warren webhook forwarded:
+        // a retry would only come back again.
+        msg.push_str(" (the event came back into a warren ingress: webhook.url leads back into warren)");
+    }
     if status.is_redirection() {
         msg.push_str(" (redirects are not followed");
         if let Some(l) = location {
@@ -43,8 +48,9 @@ fn classify(status: StatusCode, snippet: &str, location: Option<String>) -> Resu
     if !snippet.is_empty() {
         let _ = write!(msg, ": {snippet}");
     }
-    let retry =
-        status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS;
+    let retry = (status.is_server_error() && status != StatusCode::LOOP_DETECTED)
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS;
     Err(if retry {
         HandlerError::Transient(msg)
     } else {
@@ -98,9 +104,14 @@ mod tests {
         for retry in [408, 429, 500, 502, 503, 504] {
             assert!(matches!(c(retry), Err(HandlerError::Transient(_))), "{retry}");
         }
-        for dead in [301, 302, 307, 400, 401, 403, 404, 409, 410, 422] {
+        for dead in [301, 302, 307, 400, 401, 403, 404, 409, 410, 422, 508] {
             assert!(matches!(c(dead), Err(HandlerError::Permanent(_))), "{dead}");
         }
+        let looped = classify(StatusCode::LOOP_DETECTED, "{\"error\":{}}", None);
+        assert!(
+            matches!(&looped, Err(HandlerError::Permanent(m)) if m.contains("leads back into warren")),
+            "{looped:?}"
+        );
         let redirect = classify(StatusCode::FOUND, "", Some("https://go/elsewhere".into()));
         assert_eq!(
             redirect,

@@ -268,3 +268,26 @@ async fn unknown_paths_and_methods_get_json_errors() {
     let a = call(app(&fake), Request::get("/healthz").body(Body::empty()).unwrap()).await;
     assert_eq!((a.status, a.body.clone()), (StatusCode::OK, json!({"status": "ok"})));
 }
+
+#[tokio::test]
+async fn a_request_warren_forwarded_is_508_and_not_published() {
+    let fake = Arc::new(Fake::default());
+    let with_token = |s: &mut IngressSettings| s.token = Some("s3cret-token".into());
+    for (path, body) in [
+        ("/events", SEED_LOGIN.to_owned()),
+        ("/events/batch", format!("[{SEED_LOGIN}]")),
+    ] {
+        let mut req = post(path, body);
+        req.headers_mut().insert(
+            warren::event::FORWARDED_HEADER,
+            "01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a".parse().unwrap(),
+        );
+        let a = call(app_with(&fake, with_token), req).await;
+        assert_error(&a, StatusCode::LOOP_DETECTED, "forwarding_loop", &fake);
+        let msg = a.body["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a") && msg.contains("webhook.url"),
+            "{msg}"
+        );
+    }
+}

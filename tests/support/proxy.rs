@@ -48,6 +48,11 @@ impl Proxy {
         }
     }
 
+    /// The proxy's own address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// An AMQP URL through the proxy.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.addr.port())

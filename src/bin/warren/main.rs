@@ -235,7 +235,7 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
         Command::Asyncapi { json } => print!("{}", contract::asyncapi(&settings, json)?),
         Command::Consume { handler } => {
             let shutdown = shutdown_on_signal();
-            let consumer = consumer(settings.clone(), handler.handler)?;
+            let consumer = consumer(settings.clone(), handler.handler).await?;
             probes::consume(&settings, consumer, shutdown).await?;
         }
         Command::Ingress => {
@@ -248,7 +248,9 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
             warren::metrics::install()?;
             // /readyz of the ingress also reports the consumer (and the relay's database).
             let readiness = Readiness::new();
-            let consumer = consumer(settings.clone(), handler.handler)?.with_readiness(readiness.clone());
+            let consumer = consumer(settings.clone(), handler.handler)
+                .await?
+                .with_readiness(readiness.clone());
             let relaying = relay
                 .then(|| relay::spawn(&settings, &readiness, shutdown.clone()))
                 .transpose()?;
@@ -273,11 +275,14 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
     Ok(())
 }
 
-fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
+async fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
     Ok(match kind {
         HandlerKind::Log => Consumer::new(settings).on_all(LogHandler),
         HandlerKind::Webhook => {
             let webhook = warren::webhook::WebhookHandler::new(&settings.webhook)?;
+            // `consume` checks too: a `warren ingress` with the same settings
+            // usually runs beside it.
+            warren::webhook::check_not_ingress(&settings.webhook, settings.ingress.listen).await?;
             tracing::info!(
                 endpoint = webhook.endpoint(),
                 signed = webhook.is_signed(),
@@ -296,8 +301,8 @@ async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Re
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
     let refused = publisher.clone();
-    let state =
-        warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress).with_readiness(readiness);
+    let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &fit_to_descriptors(&settings.ingress))
+        .with_readiness(readiness);
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;
@@ -336,6 +341,33 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// `ingress`, with `max_connections` lowered to fit the process's
+/// file-descriptor limit (a quarter of it, at most 64, kept for the broker
+/// connection, listeners and logs): past the limit `accept` fails, and the
+/// cap could no longer make room for a new client such as a health probe.
+fn fit_to_descriptors(ingress: &warren::config::IngressSettings) -> warren::config::IngressSettings {
+    let mut ingress = ingress.clone();
+    let mut limit = std::mem::MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: getrlimit only writes the struct it is given; it is read only
+    // when the call succeeded.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) } != 0 {
+        return ingress;
+    }
+    let soft = unsafe { limit.assume_init() }.rlim_cur;
+    let fit = soft.saturating_sub((soft / 4).min(64)).max(1);
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    if ingress.max_connections > fit {
+        tracing::warn!(
+            max_connections = ingress.max_connections,
+            descriptors = soft,
+            using = fit,
+            "ingress.max_connections is above what the file-descriptor limit (ulimit -n) allows: lowered"
+        );
+        ingress.max_connections = fit;
+    }
+    ingress
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM; a second one exits at once.
@@ -379,6 +411,9 @@ async fn publish(
             EventType::known_names()
         );
     }
+    // The ingress's rules: a lone surrogate would otherwise fail as an
+    // obscure JSON error, deep nesting not at all.
+    warren::event::portable::check_data(data.as_bytes()).context("invalid --data")?;
     let data: serde_json::Value = serde_json::from_str(data).context("--data is not valid JSON")?;
     let user_id = match user_id.or_else(|| data.get("user_id").and_then(serde_json::Value::as_i64)) {
         Some(id) => id,

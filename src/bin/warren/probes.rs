@@ -34,7 +34,7 @@ pub async fn consume(settings: &Settings, consumer: Consumer, shutdown: Cancella
     };
     let stop = shutdown.clone();
     let serving = async move {
-        let result = warren::http::serve_probes(listener, readiness, handle, stop.clone()).await;
+        let result = warren::http::serve_probes(listener, readiness, handle, &settings.ingress, stop.clone()).await;
         stop.cancel();
         result
     };

@@ -35,7 +35,7 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses a base URL such as `http://127.0.0.1:8080` (a path prefix is
+    /// Parses a base URL such as `http://127.0.0.1:8597` (a path prefix is
     /// kept: `http://host/warren` posts to `/warren/events`).
     ///
     /// # Errors
@@ -162,10 +162,10 @@ mod tests {
 
     #[test]
     fn targets() {
-        let t = Target::parse("http://127.0.0.1:8080").unwrap();
+        let t = Target::parse("http://127.0.0.1:8597").unwrap();
         assert_eq!(
             (t.addr.as_str(), t.host.as_str(), t.path.as_str()),
-            ("127.0.0.1:8080", "127.0.0.1:8080", "/events")
+            ("127.0.0.1:8597", "127.0.0.1:8597", "/events")
         );
         let t = Target::parse("http://ingress/warren/").unwrap();
         assert_eq!(
@@ -174,7 +174,7 @@ mod tests {
         );
         let t = Target::parse("http://[::1]:9000").unwrap();
         assert_eq!((t.addr.as_str(), t.host.as_str()), ("[::1]:9000", "[::1]:9000"));
-        for bad in ["https://127.0.0.1:8080", "127.0.0.1:8080", "http://", "not a url"] {
+        for bad in ["https://127.0.0.1:8597", "127.0.0.1:8597", "http://", "not a url"] {
             let err = Target::parse(bad).unwrap_err().to_string();
             assert!(err.contains(&format!("--ingress {bad}")), "{bad}: {err}");
         }

@@ -71,8 +71,9 @@ pub struct BenchArgs {
     /// Pace publishing at this many events/s in total (for latency at a fixed load).
     #[arg(long, value_name = "EVENTS_PER_S", value_parser = parse_rate)]
     pub rate: Option<f64>,
-    /// Publish through the HTTP ingress at this base URL (http://host:port;
-    /// POST {URL}/events over 64 keep-alive connections) instead of the
+    /// Publish through the HTTP ingress at this base URL (http://host:port,
+    /// http://127.0.0.1:8597 for a `warren ingress` with its default
+    /// ingress.listen; POST {URL}/events over 64 keep-alive connections) instead of the
     /// library publisher. The ingress must publish to the configured
     /// topology.exchange; give both an exchange of their own
     /// (WARREN_TOPOLOGY__EXCHANGE=warren-bench), or every queue bound there
