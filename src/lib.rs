@@ -14,12 +14,13 @@
 //! - [`amqp`]: connecting (named connections, heartbeats), the reconnect backoff.
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
+//! - [`dead`]: listing, grouping, replaying and purging parked events (feature `dead`).
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 //!
 //! Modules import "down" only: `event`, `uri`, `metrics` < `config` <
-//! `topology` < `amqp` < `publisher` < `consumer`, `http` < `webhook`
+//! `topology` < `amqp` < `publisher` < `consumer` < `dead` < `http` < `webhook`
 //! (tests/module_graph.rs keeps it so).
 //!
 //! The `warren` command (its subcommands, the `bench` load generator and the
@@ -27,9 +28,10 @@
 //!
 //! # Features
 //!
-//! - `cli` (default): the `warren` binary; implies `http` and `webhook`.
+//! - `cli` (default): the `warren` binary; implies `http`, `webhook` and `dead`.
 //! - `http`: the [`http`] module (axum).
 //! - `webhook`: the [`webhook`] module (reqwest, rustls).
+//! - `dead`: the [`dead`] module (base64, for exports); with `http`, the `/dead` routes.
 //!
 //! A service that only publishes or consumes depends on warren with
 //! `default-features = false` and gets neither clap, nor an HTTP stack.
@@ -37,6 +39,8 @@
 pub mod amqp;
 pub mod config;
 pub mod consumer;
+#[cfg(feature = "dead")]
+pub mod dead;
 pub mod event;
 #[cfg(feature = "http")]
 pub mod http;

@@ -18,6 +18,9 @@
 //! | [`STALE_ACKS_TOTAL`] | counter | `queue` |
 //! | [`WEBHOOK_REQUESTS_TOTAL`] | counter | `outcome` = `ok` \| `transient` \| `permanent` |
 //! | [`WEBHOOK_DURATION_SECONDS`] | histogram | none |
+//! | [`DEAD_LETTERS`] | gauge | `queue` (each `.dead` queue; set by `warren run`) |
+//! | [`DEAD_REPLAYED_TOTAL`] | counter | `queue` (the `.dead` queue replayed from) |
+//! | [`DEAD_PURGED_TOTAL`] | counter | `queue` |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -48,6 +51,13 @@ pub const BROKER_BLOCKED: &str = "warren_broker_blocked";
 /// Acks that could not be sent because their channel had died (the broker
 /// redelivers those messages), by `queue`.
 pub const STALE_ACKS_TOTAL: &str = "warren_stale_acks_total";
+
+/// Messages parked in a `.dead` queue, by `queue` (refreshed by `warren run`).
+pub const DEAD_LETTERS: &str = "warren_dead_letters";
+/// Parked events sent back to their work queue by a replay, by `.dead` `queue`.
+pub const DEAD_REPLAYED_TOTAL: &str = "warren_dead_replayed_total";
+/// Parked events removed by a purge, by `.dead` `queue`.
+pub const DEAD_PURGED_TOTAL: &str = "warren_dead_purged_total";
 
 /// Histogram buckets (seconds) of every `*_seconds` metric: 0.5 ms to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -150,6 +160,21 @@ fn describe() {
         STALE_ACKS_TOTAL,
         Unit::Count,
         "Acks lost with their channel, by queue: the broker redelivers those messages."
+    );
+    describe_dead();
+}
+
+fn describe_dead() {
+    describe_gauge!(DEAD_LETTERS, "Messages parked in a .dead queue, by queue.");
+    describe_counter!(
+        DEAD_REPLAYED_TOTAL,
+        Unit::Count,
+        "Parked events sent back to their work queue by a replay, by .dead queue."
+    );
+    describe_counter!(
+        DEAD_PURGED_TOTAL,
+        Unit::Count,
+        "Parked events removed by a purge, by .dead queue."
     );
 }
 

@@ -12,7 +12,9 @@ const LAYERS: &[&[&str]] = &[
     &["topology"],
     &["amqp"],
     &["publisher"],
-    &["consumer", "http"],
+    &["consumer"],
+    &["dead"],
+    &["http"],
     &["webhook"],
 ];
 

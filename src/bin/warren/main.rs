@@ -4,6 +4,7 @@
 //! bench's HTTP client, nor the allocator chosen here.
 
 mod bench;
+mod dead;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +87,9 @@ enum Command {
         #[command(flatten)]
         handler: HandlerArgs,
     },
+    /// List, group, show, replay, purge and import the events parked in the
+    /// service's `.dead` queues.
+    Dead(dead::DeadArgs),
     /// Load-test publish → broker → handler on throwaway queues; with
     /// --baseline, against a bare-lapin loop doing the same work.
     Bench(bench::BenchArgs),
@@ -207,6 +211,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             warren::metrics::install()?;
             let consumer = consumer(settings.clone(), handler.handler)?;
             let stop = shutdown.clone();
+            let gauge =
+                warren::dead::watch::watch(settings.clone(), warren::dead::watch::REFRESH_EVERY, shutdown.clone());
+            tokio::spawn(gauge);
             // Whichever ends first (a signal, or a fatal error) stops the other.
             let consuming = tokio::spawn(async move {
                 let result = consumer.run(stop.clone()).await;
@@ -220,6 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             consumed?;
         }
         Command::Bench(args) => bench::run(&settings, &args, shutdown_on_signal()).await?,
+        Command::Dead(args) => dead::run(settings, args, shutdown_on_signal).await?,
     }
     Ok(())
 }
