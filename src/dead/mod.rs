@@ -22,6 +22,7 @@
 
 mod filter;
 mod group;
+mod marker;
 mod parked;
 mod record;
 mod replay;

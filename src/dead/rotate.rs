@@ -8,10 +8,10 @@
 //! head and, on a quorum queue, counts as a failed delivery (3.10 counts
 //! every return), so browsing would walk messages towards `x-delivery-limit`.
 //! A copy is a new message: same body, properties and headers, no delivery
-//! count. Taking exactly the count the queue had at the start (a passive
-//! declare) visits the old messages in order, since copies and new arrivals
-//! all go behind them; a whole pass therefore leaves the old messages in
-//! their order. An interrupted pass (kill -9, broker gone) returns the
+//! count. A pass puts a marker at the tail first and takes messages until it
+//! gets the marker back (see [`super::marker`]): the messages before it are
+//! the old ones, in order, and copies and new arrivals all go behind it; a
+//! whole pass therefore leaves the old messages in their order. An interrupted pass (kill -9, broker gone) returns the
 //! unacked originals to the queue: nothing is lost, and a message whose copy
 //! was confirmed but whose ack was not sent is there twice.
 
@@ -25,9 +25,17 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio_util::sync::CancellationToken;
 
 use super::DeadError;
+use super::marker::{Marker, Seen};
 
 /// Copies waiting for their confirm before their originals are acked.
-const WINDOW: usize = 64;
+///
+/// Small on purpose: a quorum queue's client in the broker (3.10) holds
+/// back acks (settles) once a channel has more than
+/// `quorum_commands_soft_limit` (32) commands in flight, and an ack still
+/// held back when the channel closes is lost: the broker then returns that
+/// message to the head of the queue with its delivery count raised, while
+/// its copy is at the tail. Copies plus acks plus the get stay far below it.
+const WINDOW: usize = 8;
 
 /// What becomes of one message of the pass.
 #[derive(Debug)]
@@ -70,7 +78,21 @@ pub(crate) struct Pass {
 
 struct Pending {
     tag: u64,
+    /// The copy's or move's confirm; `None` for a removal.
     confirm: Option<PublisherConfirm>,
+    /// A pass marker: not the visitor's, never exported.
+    marker: bool,
+}
+
+impl Pending {
+    /// A marker acked away without a copy.
+    fn dropped(tag: u64) -> Self {
+        Self {
+            tag,
+            confirm: None,
+            marker: true,
+        }
+    }
 }
 
 /// The messages ready in `queue` now, or `None` when it does not exist.
@@ -116,7 +138,7 @@ pub(crate) async fn pass(
     stop: &CancellationToken,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Pass, DeadError> {
-    let Some(total) = count(conn, queue).await? else {
+    let Some(declared) = count(conn, queue).await? else {
         return Ok(Pass::default());
     };
     let ch = conn
@@ -126,25 +148,45 @@ pub(crate) async fn pass(
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| DeadError::broker("enabling confirms", &e))?;
+    let marker = Marker::place(&ch, queue).await?;
+    // Should someone take the marker away (a console "Move messages"
+    // mid-pass), stop after what the queue could hold rather than go round
+    // forever.
+    let guard = 2 * u64::from(declared) + 1000;
     let mut out = Pass::default();
     let mut pending = Vec::with_capacity(WINDOW);
     let mut result = Ok(());
-    while out.seen < u64::from(total) && !stop.is_cancelled() {
-        let got = ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await;
-        let message = match got {
+    let mut taken = 0;
+    while taken < guard && !stop.is_cancelled() {
+        let message = match ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await {
             Ok(Some(m)) => m.delivery,
-            Ok(None) => break, // someone else took messages meanwhile
+            Ok(None) => break, // the marker is gone: someone else took messages
             Err(e) => {
                 result = Err(DeadError::broker(&format!("reading {queue}"), &e));
                 break;
             }
         };
-        out.seen += 1;
-        let action = visitor.visit(queue, &message);
+        taken += 1;
+        let seen = marker.classify(conn, &message.properties).await;
+        let action = match seen {
+            Seen::Ours | Seen::Stale => {
+                pending.push(Pending::dropped(message.delivery_tag));
+                if seen == Seen::Ours {
+                    break;
+                }
+                continue;
+            }
+            Seen::Live => Action::Keep,
+            Seen::Message => {
+                out.seen += 1;
+                visitor.visit(queue, &message)
+            }
+        };
         match send(&ch, queue, &message, action).await {
             Ok(confirm) => pending.push(Pending {
                 tag: message.delivery_tag,
                 confirm,
+                marker: seen != Seen::Message,
             }),
             Err(e) => {
                 result = Err(e);
@@ -160,6 +202,7 @@ pub(crate) async fn pass(
         progress(out.seen);
     }
     let last = settle(&ch, queue, &mut pending, visitor, &mut out).await;
+    marker.remove(&ch).await;
     // Closing returns whatever is still unacked to the queue.
     let _ = ch.close(200, "pass done".into()).await;
     result.and(last).map(|()| out)
@@ -212,7 +255,7 @@ async fn settle(
     visitor: &mut dyn Visitor,
     out: &mut Pass,
 ) -> Result<(), DeadError> {
-    if pending.iter().any(|p| p.confirm.is_none())
+    if pending.iter().any(|p| p.confirm.is_none() && !p.marker)
         && let Err(e) = visitor.commit()
     {
         out.unsettled += pending.iter().filter(|p| p.confirm.is_some()).count() as u64;
@@ -224,7 +267,7 @@ async fn settle(
         if result.is_err() {
             // The copy may still be confirmed (or the export holds it): the
             // original stays.
-            out.unsettled += 1;
+            out.unsettled += u64::from(!p.marker);
             continue;
         }
         if let Some(confirm) = p.confirm {
@@ -246,11 +289,13 @@ async fn settle(
             }
         }
         if let Err(e) = ch.basic_ack(p.tag, BasicAckOptions::default()).await {
-            out.unsettled += 1;
+            out.unsettled += u64::from(!p.marker);
             result = Err(DeadError::broker("acking", &e));
             continue;
         }
-        visitor.done(queue, p.tag);
+        if !p.marker {
+            visitor.done(queue, p.tag);
+        }
     }
     result
 }
