@@ -514,3 +514,67 @@ async fn a_killed_pass_leaves_a_marker_the_next_pass_drops_and_a_running_ones_is
     );
     support::cleanup(&conn, &topology).await;
 }
+
+/// The value of the sample `series` (name with labels) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn the_gauge_counts_parked_messages_and_replays_and_purges_are_counted() {
+    let handle = warren::metrics::install().expect("recorder");
+    let conn = support::connect().await;
+    let s = support::settings("dead-metrics", false);
+    let topology = support::declare(&conn, &s).await;
+    let queue = topology.dead_queue("user.registered");
+    let ch = confirm_channel(&conn).await;
+    park_events(&ch, &queue, 3, "exhausted", &|_| "boom".into()).await;
+    park_events(&ch, &queue, 2, "permanent", &|_| "no".into()).await;
+    let stop = CancellationToken::new();
+    let watching = tokio::spawn(warren::dead::watch::watch(
+        s.clone(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    let gauge = format!("warren_dead_letters{{queue=\"{queue}\"}}");
+    support::eventually(Duration::from_secs(10), "the gauge shows 5", || {
+        sample(&handle.render(), &gauge) == Some(5.0)
+    })
+    .await;
+
+    let dead = dead_letters(&s).await;
+    let exhausted = ReplayOptions {
+        filter: Filter {
+            reason: Some("exhausted".into()),
+            ..Filter::default()
+        },
+        ..ReplayOptions::default()
+    };
+    dead.replay(&exhausted, &CancellationToken::new(), &mut |_, _| {})
+        .await
+        .unwrap();
+    let permanent = Filter {
+        reason: Some("permanent".into()),
+        ..Filter::default()
+    };
+    dead.purge(&permanent, &mut (), &CancellationToken::new(), &mut |_, _| {})
+        .await
+        .unwrap();
+    dead.close().await;
+    let text = handle.render();
+    assert_eq!(
+        sample(&text, &format!("warren_dead_replayed_total{{queue=\"{queue}\"}}")),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("warren_dead_purged_total{{queue=\"{queue}\"}}")),
+        Some(2.0)
+    );
+    support::eventually(Duration::from_secs(10), "the gauge shows 0", || {
+        sample(&handle.render(), &gauge) == Some(0.0)
+    })
+    .await;
+    stop.cancel();
+    watching.await.unwrap();
+    support::cleanup(&conn, &topology).await;
+}

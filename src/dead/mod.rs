@@ -87,7 +87,7 @@ impl DeadError {
 
 /// Progress of an operation: messages visited so far, and the total the
 /// queues held at the start.
-pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
 
 /// One service's `.dead` queues and a connection to operate on them.
 pub struct DeadLetters {

@@ -49,7 +49,7 @@ pub(crate) enum Action {
 }
 
 /// Decides each message's fate; told how it ended.
-pub(crate) trait Visitor {
+pub(crate) trait Visitor: Send {
     fn visit(&mut self, queue: &str, message: &Delivery) -> Action;
 
     /// Called before removed messages are acked: make what they were
@@ -136,7 +136,7 @@ pub(crate) async fn pass(
     queue: &str,
     visitor: &mut dyn Visitor,
     stop: &CancellationToken,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Pass, DeadError> {
     let Some(declared) = count(conn, queue).await? else {
         return Ok(Pass::default());

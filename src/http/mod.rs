@@ -25,6 +25,8 @@
 //!
 //! Status codes and bodies are documented in `docs/HTTP.md`.
 
+#[cfg(feature = "dead")]
+mod dead;
 mod error;
 mod health;
 mod ingress;
@@ -59,6 +61,8 @@ struct Shared {
     settings: IngressSettings,
     metrics: Option<PrometheusHandle>,
     requests: Arc<middleware::RequestMetrics>,
+    /// Set by [`AppState::with_dead_letters`]: the settings the `/dead` routes connect with.
+    dead: Option<Arc<crate::config::Settings>>,
 }
 
 impl AppState {
@@ -73,6 +77,7 @@ impl AppState {
                 settings: settings.clone(),
                 metrics: None,
                 requests: Arc::default(),
+                dead: None,
             }),
         }
     }
@@ -85,6 +90,23 @@ impl AppState {
         Self {
             inner: Arc::new(shared),
         }
+    }
+
+    /// Serves the `/dead` routes over the `.dead` queues of
+    /// `settings.consumer.service` (docs/HTTP.md#dead-letters).
+    #[cfg(feature = "dead")]
+    #[must_use]
+    pub fn with_dead_letters(self, settings: &crate::config::Settings) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.inner);
+        shared.dead = Some(Arc::new(settings.clone()));
+        Self {
+            inner: Arc::new(shared),
+        }
+    }
+
+    #[cfg(feature = "dead")]
+    fn dead_settings(&self) -> Option<Arc<crate::config::Settings>> {
+        self.inner.dead.clone()
     }
 
     fn sink(&self) -> &dyn EventSink {
@@ -117,6 +139,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz));
     if state.metrics_handle().is_some() {
         app = app.route("/metrics", get(health::metrics));
+    }
+    #[cfg(feature = "dead")]
+    if state.inner.dead.is_some() {
+        app = app.merge(dead::routes());
     }
     app.merge(events)
         .fallback(|| async { error::ApiError::not_found().into_response() })

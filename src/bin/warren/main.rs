@@ -253,7 +253,8 @@ fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consumer> {
 async fn ingress(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
-    let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress);
+    let state =
+        warren::http::AppState::new(std::sync::Arc::new(publisher), &settings.ingress).with_dead_letters(settings);
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;
