@@ -370,6 +370,10 @@ async fn purge_exports_what_it_removes_and_import_puts_it_back() {
         .unwrap();
     assert_eq!(report.purged.len(), 100);
     assert_eq!(export.len(), 100);
+    assert!(
+        export.iter().all(|r| !r.headers.contains_key("x-delivery-count")),
+        "the broker's bookkeeping is not exported"
+    );
     support::wait_ready(&ch, &queue, 101, Duration::from_secs(5)).await;
     let left = dead.list(&Filter::default(), &mut |_, _| {}).await.unwrap();
     let left: Vec<String> = left.into_iter().map(|p| p.event_id.unwrap()).collect();

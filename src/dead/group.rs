@@ -40,7 +40,9 @@ pub fn error_class(error: &str) -> String {
 
 fn class_of_word(word: &str) -> String {
     // Punctuation around a word ("(http://x)," or "id=42;") is kept.
-    let core = word.trim_matches(|c: char| matches!(c, '(' | ')' | '[' | ']' | ',' | ';' | '"' | '\'' | '<' | '>'));
+    let core = word
+        .trim_start_matches(|c: char| matches!(c, '(' | '[' | '"' | '\'' | '<'))
+        .trim_end_matches(|c: char| matches!(c, ')' | ']' | ',' | ';' | ':' | '.' | '"' | '\'' | '>'));
     let Some(at) = word.find(core).filter(|_| !core.is_empty()) else {
         return digits_to_n(word);
     };
@@ -154,6 +156,10 @@ mod tests {
         let b = error_class("HTTP 503 from http://go:8080/events after 12 s\nbody: <html>");
         assert_eq!(a, b);
         assert_eq!(a, "HTTP <n> from <url> after <n> s");
+        assert_eq!(
+            error_class("cannot connect to http://127.0.0.1:1/events: Connection refused (os error 111)"),
+            "cannot connect to <url>: Connection refused (os error <n>)"
+        );
     }
 
     #[test]

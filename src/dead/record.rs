@@ -77,9 +77,11 @@ pub struct Properties {
 pub struct RecordError(String);
 
 impl Record {
-    /// The record of a message of `queue`.
+    /// The record of a message of `queue` (without `x-delivery-count`).
     #[must_use]
     pub fn of(queue: &str, props: &BasicProperties, body: &[u8]) -> Self {
+        // The broker's delivery count is its bookkeeping, not the message's.
+        let props = &super::rotate::copy_properties(props);
         let headers = props.headers().as_ref().map(table_to_json).unwrap_or_default();
         let (body_json, body_base64) = match one_line_json(body) {
             Some(raw) => (Some(raw), None),
