@@ -41,8 +41,8 @@ pub fn error_class(error: &str) -> String {
 fn class_of_word(word: &str) -> String {
     // Punctuation around a word ("(http://x)," or "id=42;") is kept.
     let core = word
-        .trim_start_matches(|c: char| matches!(c, '(' | '[' | '"' | '\'' | '<'))
-        .trim_end_matches(|c: char| matches!(c, ')' | ']' | ',' | ';' | ':' | '.' | '"' | '\'' | '>'));
+        .trim_start_matches(['(', '[', '"', '\'', '<'])
+        .trim_end_matches([')', ']', ',', ';', ':', '.', '"', '\'', '>']);
     let Some(at) = word.find(core).filter(|_| !core.is_empty()) else {
         return digits_to_n(word);
     };

@@ -236,8 +236,12 @@ fn value_to_json(v: &AMQPValue) -> Value {
 fn json_to_table(m: &Map<String, Value>) -> Result<FieldTable, RecordError> {
     let mut t = FieldTable::default();
     for (k, v) in m {
-        let name =
-            ShortString::try_from(k.as_str()).map_err(|_| RecordError(format!("header name {k:?} is too long")))?;
+        // AMQP field names are short strings: at most 255 bytes.
+        if k.len() > 255 {
+            let start = crate::event::truncate(k, 40);
+            return Err(RecordError(format!("header name {start:?}… is over 255 bytes")));
+        }
+        let name = ShortString::from(k.as_str());
         t.insert(
             name,
             json_to_value(v).map_err(|e| RecordError(format!("header {k:?}: {}", e.0)))?,

@@ -140,7 +140,7 @@ impl Visitor for ReplayVisitor<'_> {
             self.report.moved.push(p);
             return Action::Keep;
         }
-        let properties = replay_properties(&m.properties, p.replays);
+        let properties = Box::new(replay_properties(&m.properties, p.replays));
         self.in_flight.insert(m.delivery_tag, p);
         Action::Move {
             queue: self.work_queue.clone(),

@@ -43,7 +43,10 @@ pub(crate) enum Action {
     /// Copied to the tail of its queue, unchanged.
     Keep,
     /// Published to `queue` through the default exchange with `properties`.
-    Move { queue: String, properties: BasicProperties },
+    Move {
+        queue: String,
+        properties: Box<BasicProperties>,
+    },
     /// Dropped once [`Visitor::commit`] returns.
     Remove,
 }
@@ -141,13 +144,7 @@ pub(crate) async fn pass(
     let Some(declared) = count(conn, queue).await? else {
         return Ok(Pass::default());
     };
-    let ch = conn
-        .create_channel()
-        .await
-        .map_err(|e| DeadError::broker("opening a channel", &e))?;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| DeadError::broker("enabling confirms", &e))?;
+    let ch = confirm_channel(conn).await?;
     let marker = Marker::place(&ch, queue).await?;
     // Should someone take the marker away (a console "Move messages"
     // mid-pass), stop after what the queue could hold rather than go round
@@ -158,11 +155,11 @@ pub(crate) async fn pass(
     let mut result = Ok(());
     let mut taken = 0;
     while taken < guard && !stop.is_cancelled() {
-        let message = match ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await {
-            Ok(Some(m)) => m.delivery,
+        let message = match take(&ch, queue).await {
+            Ok(Some(m)) => m,
             Ok(None) => break, // the marker is gone: someone else took messages
             Err(e) => {
-                result = Err(DeadError::broker(&format!("reading {queue}"), &e));
+                result = Err(e);
                 break;
             }
         };
@@ -208,6 +205,25 @@ pub(crate) async fn pass(
     result.and(last).map(|()| out)
 }
 
+async fn confirm_channel(conn: &Connection) -> Result<Channel, DeadError> {
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(|e| DeadError::broker("opening a channel", &e))?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| DeadError::broker("enabling confirms", &e))?;
+    Ok(ch)
+}
+
+/// The message at the head of `queue`, unacked.
+async fn take(ch: &Channel, queue: &str) -> Result<Option<Delivery>, DeadError> {
+    ch.basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .map(|m| m.map(|m| m.delivery))
+        .map_err(|e| DeadError::broker(&format!("reading {queue}"), &e))
+}
+
 /// Publishes the copy or move of `message`; `None` for a removal.
 async fn send(
     ch: &Channel,
@@ -218,7 +234,7 @@ async fn send(
     let (to, properties) = match action {
         Action::Remove => return Ok(None),
         Action::Keep => (queue.to_owned(), copy_properties(&message.properties)),
-        Action::Move { queue, properties } => (queue, properties),
+        Action::Move { queue, properties } => (queue, *properties),
     };
     let opts = BasicPublishOptions {
         mandatory: true,
@@ -311,13 +327,7 @@ pub(crate) async fn publish_all(
     conn: &Connection,
     messages: &[(&str, Vec<u8>, BasicProperties)],
 ) -> Result<u64, DeadError> {
-    let ch = conn
-        .create_channel()
-        .await
-        .map_err(|e| DeadError::broker("opening a channel", &e))?;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| DeadError::broker("enabling confirms", &e))?;
+    let ch = confirm_channel(conn).await?;
     let opts = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()

@@ -200,28 +200,34 @@ async fn command(
             yes,
             export,
             json,
-        } => {
-            let filter = filter.to_filter()?;
-            if !yes && !confirm_purge(dead, &filter, export.as_deref()).await? {
-                bail!("nothing purged");
-            }
-            let report = match &export {
-                Some(path) => {
-                    let mut sink = FileSink::create(path)?;
-                    dead.purge(&filter, &mut sink, &shutdown(), &mut |d, t| bar.show(d, t))
-                        .await?
-                }
-                None => {
-                    dead.purge(&filter, &mut (), &shutdown(), &mut |d, t| bar.show(d, t))
-                        .await?
-                }
-            };
-            bar.clear();
-            print::purge_summary(&report, export.as_deref(), json)?;
-        }
+        } => purge(dead, &filter.to_filter()?, yes, export.as_deref(), json, shutdown()).await?,
         DeadCommand::Import { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
+}
+
+/// Asks (unless `yes`), then purges, writing to `export` first when given.
+async fn purge(
+    dead: &DeadLetters,
+    filter: &Filter,
+    yes: bool,
+    export: Option<&Path>,
+    json: bool,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    if !yes && !confirm_purge(dead, filter, export).await? {
+        bail!("nothing purged");
+    }
+    let mut bar = ProgressBar::new();
+    let report = match export {
+        Some(path) => {
+            let mut sink = FileSink::create(path)?;
+            dead.purge(filter, &mut sink, &stop, &mut |d, t| bar.show(d, t)).await?
+        }
+        None => dead.purge(filter, &mut (), &stop, &mut |d, t| bar.show(d, t)).await?,
+    };
+    bar.clear();
+    print::purge_summary(&report, export, json)
 }
 
 fn queue_names(dead: &DeadLetters) -> String {
@@ -349,19 +355,17 @@ impl ProgressBar {
 
     fn show(&mut self, done: u64, total: u64) {
         // Every message would flood a slow terminal: every 50th, and the last.
-        if !self.on || (done % 50 != 0 && done != total) {
+        if !self.on || (!done.is_multiple_of(50) && done != total) {
             return;
         }
-        let width = 30;
-        let filled = if total == 0 {
-            width
-        } else {
-            (done.min(total) * width / total) as usize as u64
-        };
+        const WIDTH: u64 = 30;
+        // The total is the queues' count at the start: arrivals can pass it.
+        let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
+        let filled = usize::try_from(filled).unwrap_or(0);
         eprint!(
             "\r[{}{}] {done}/{total}",
-            "#".repeat(filled as usize),
-            " ".repeat((width - filled) as usize)
+            "#".repeat(filled),
+            " ".repeat(WIDTH as usize - filled)
         );
         self.shown = true;
     }
