@@ -119,7 +119,9 @@ fn load_settings() -> Result<Settings, Box<dyn std::error::Error>> {
         dir: std::env::current_dir()?,
         env: std::env::vars().collect(),
     };
-    let Loaded { mut settings, warnings } = Settings::load(&sources)?;
+    let Loaded {
+        mut settings, warnings, ..
+    } = Settings::load(&sources)?;
     for w in warnings {
         tracing::warn!("{w}");
     }

@@ -18,13 +18,23 @@ pub enum ConnectError {
     Unreachable { url: String, reason: String },
 }
 
-/// Options of one connection.
-#[derive(Debug, Clone)]
+/// Options of one connection. Its `Debug` output hides the password.
+#[derive(Clone)]
 pub struct ConnectOptions {
     pub url: String,
     /// Shown in the management console's connection list.
     pub name: String,
     pub heartbeat: Duration,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("url", &redact_url(&self.url))
+            .field("name", &self.name)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
 }
 
 impl ConnectOptions {
@@ -108,6 +118,14 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_options_debug_hides_the_password() {
+        let mut amqp = crate::Settings::default().amqp;
+        amqp.url = "amqp://u:Qz9Kw@h:5672/%2f".into();
+        let out = format!("{:?}", ConnectOptions::new(&amqp, "publish"));
+        assert!(!out.contains("Qz9Kw") && out.contains("u:***@h"), "{out}");
+    }
 
     #[test]
     fn backoff_grows_to_its_cap() {

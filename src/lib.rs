@@ -11,6 +11,7 @@
 //! - [`config`]: layered [`Settings`] (defaults < `warren.toml` < `.env` < environment).
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
 //! - [`uri`]: AMQP URIs: parsing, checking, the vhost, password redaction.
+//! - [`secrets`]: scrubbing secrets, in every encoding, out of log lines.
 //! - [`amqp`]: connecting (named connections, heartbeats), the reconnect backoff.
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
@@ -19,7 +20,7 @@
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 //!
-//! Modules import "down" only: `event`, `uri`, `metrics` < `config` <
+//! Modules import "down" only: `event`, `uri`, `secrets`, `metrics` < `config` <
 //! `topology` < `amqp` < `publisher` < `consumer` < `dead` < `http` < `webhook`
 //! (tests/module_graph.rs keeps it so).
 //!
@@ -31,7 +32,7 @@
 //! - `cli` (default): the `warren` binary; implies `http`, `webhook` and `dead`.
 //! - `http`: the [`http`] module (axum).
 //! - `webhook`: the [`webhook`] module (reqwest, rustls).
-//! - `dead`: the [`dead`] module (base64, for exports); with `http`, the `/dead` routes.
+//! - `dead`: the [`dead`] module; with `http`, the `/dead` routes of the ingress.
 //!
 //! A service that only publishes or consumes depends on warren with
 //! `default-features = false` and gets neither clap, nor an HTTP stack.
@@ -46,6 +47,7 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod publisher;
+pub mod secrets;
 pub mod topology;
 pub mod uri;
 #[cfg(feature = "webhook")]

@@ -9,6 +9,7 @@ use lapin::uri::AMQPUri;
 ///
 /// What is wrong with it, without the password.
 pub fn parse(url: &str) -> Result<AMQPUri, String> {
+    check_userinfo(url)?;
     let mut uri: AMQPUri = url.parse()?;
     // amq-protocol-uri only takes DNS names as host and falls back to
     // "localhost" for an IP literal: take the host from the URL ourselves.
@@ -16,6 +17,32 @@ pub fn parse(url: &str) -> Result<AMQPUri, String> {
         uri.authority.host = host;
     }
     Ok(uri)
+}
+
+/// Refuses a user name or password holding a character that ends the
+/// authority (`/`, `?`, `#`) or a second `@`: the URI parser would take the
+/// rest for a host and vhost and connect somewhere else, or fail with a
+/// message about a port. The message names the character, never the password.
+fn check_userinfo(url: &str) -> Result<(), String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let bad = if authority.matches('@').count() > 1 {
+        '@'
+    } else if !authority.contains('@') && rest[end..].contains('@') {
+        // An `@` after the authority ended: the user name or password holds
+        // the character that ended it (or the vhost holds an `@`).
+        rest[end..].chars().next().unwrap_or('/')
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "the user name or password holds a {bad:?}, which must be percent-encoded: write {bad:?} as %{:02X} \
+         (an '@' in the vhost as %40)",
+        u32::from(bad)
+    ))
 }
 
 fn host_of(url: &str) -> Option<String> {
@@ -40,25 +67,66 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 /// The URL with its password replaced by `***`, safe to log or print.
+///
+/// The user name and password end at the last `@`, not at the first `/`: a
+/// password holding an unencoded `/` is still hidden.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{masked}@{host}{tail}")
+            format!("{scheme}://{user}:***@{host}")
         }
-        None => url.to_owned(),
+        _ => url.to_owned(),
     }
+}
+
+/// The password in a URL's user info, as written and (when different)
+/// percent-decoded; none without one. Like [`redact_url`], the user info
+/// ends at the last `@`.
+#[must_use]
+pub fn passwords_of(url: &str) -> Vec<Vec<u8>> {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password);
+    let Some(password) = password.filter(|p| !p.is_empty()) else {
+        return Vec::new();
+    };
+    let decoded = percent_decode(password);
+    if decoded == password.as_bytes() {
+        vec![decoded]
+    } else {
+        vec![password.as_bytes().to_vec(), decoded]
+    }
+}
+
+/// `%XX` sequences as bytes; anything else, a malformed `%` included, as is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match hex
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// The virtual host a URL names (`/` for `%2f` or none).
@@ -88,6 +156,8 @@ mod tests {
         );
         assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
         assert_eq!(redact_url("amqp://user@h"), "amqp://user@h");
+        assert_eq!(redact_url("amqp://u:Qz/Kw@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+        assert_eq!(redact_url("amqp://h/v"), "amqp://h/v");
     }
 
     #[test]
@@ -101,6 +171,16 @@ mod tests {
     }
 
     #[test]
+    fn passwords_as_written_and_decoded() {
+        assert_eq!(
+            passwords_of("amqp://u:p%2Fw%zz@h/v"),
+            [b"p%2Fw%zz".to_vec(), b"p/w%zz".to_vec()]
+        );
+        assert_eq!(passwords_of("amqp://u:Qz/Kw@h"), [b"Qz/Kw".to_vec()]);
+        assert!(passwords_of("amqp://u@h").is_empty() && passwords_of("amqp://h/v@x").is_empty());
+    }
+
+    #[test]
     fn vhosts() {
         assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672/%2f"), "/");
         assert_eq!(vhost_of("amqp://h/prod"), "prod");
@@ -111,5 +191,23 @@ mod tests {
         let err = check_url("amqp://u:hunter2@host:notaport/").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(check_url("http://x").is_err());
+    }
+
+    #[test]
+    fn reserved_characters_in_the_password_must_be_percent_encoded() {
+        for (url, encoded) in [
+            ("amqp://u:Qz/Kw@host:5672/%2f", "%2F"),
+            ("amqp://u:Qz?Kw@host/v", "%3F"),
+            ("amqp://u:Qz#Kw@host", "%23"),
+            ("amqp://u:Qz@Kw@host/v", "%40"),
+        ] {
+            let err = check_url(url).unwrap_err();
+            assert!(err.contains("percent-encoded") && err.contains(encoded), "{url}: {err}");
+            assert!(!err.contains("Qz") && !err.contains("Kw"), "password in {err}");
+        }
+        let uri = parse("amqp://u:pa%2Fss%40x@host:5672/%2f").unwrap();
+        assert_eq!(uri.authority.userinfo.password, "pa/ss@x");
+        assert_eq!(uri.authority.host, "host");
+        assert!(check_url("amqp://u:p@host/vhost").is_ok());
     }
 }

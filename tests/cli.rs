@@ -2,14 +2,24 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn warren(args: &[&str], env: &[(&str, &str)]) -> Output {
+    warren_in(&temp_dir(), args, env)
+}
+
+fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(support::unique("cli"));
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs warren in `dir`, where it reads warren.toml and .env.
+fn warren_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
     cmd.args(args)
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_remove("AMQP_URL")
         .env("WARREN_AMQP__URL", support::amqp_url());
     for (k, v) in env {
@@ -124,4 +134,80 @@ fn config_redacts_and_export_matches_the_committed_definitions() {
     let out = warren(&["topology", "export"], &[]);
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), include_str!("../definitions/definitions.json"));
+}
+
+#[test]
+fn config_json_says_where_each_value_came_from_and_what_is_derived() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("warren.toml"), "[consumer]\nservice = \"from-file\"\n").unwrap();
+    std::fs::write(dir.join(".env"), "WARREN_TOPOLOGY__EXCHANGE=from-dotenv\n").unwrap();
+    let env = [
+        ("WARREN_CONSUMER__PREFETCH", "32"),
+        ("EVENT_RETRY_ATTEMPTS", "2"),
+        ("WARREN_INGRESS__TOKEN", "tok-cli-s3cret"),
+    ];
+    let out = warren_in(&dir, &["config", "--json"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("tok-cli-s3cret"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    let sources = &json["sources"];
+    assert_eq!(
+        sources["consumer.prefetch"],
+        serde_json::json!({"from": "environment", "variable": "WARREN_CONSUMER__PREFETCH"})
+    );
+    assert_eq!(
+        sources["consumer.retry.attempts"],
+        serde_json::json!({"from": "environment", "variable": "EVENT_RETRY_ATTEMPTS"})
+    );
+    assert_eq!(sources["consumer.service"]["from"], "file");
+    assert_eq!(sources["consumer.service"]["key"], "consumer.service");
+    assert!(
+        sources["consumer.service"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("warren.toml")
+    );
+    assert_eq!(sources["topology.exchange"]["from"], ".env");
+    assert_eq!(sources["topology.exchange"]["variable"], "WARREN_TOPOLOGY__EXCHANGE");
+    assert_eq!(sources["amqp.heartbeat"], serde_json::json!({"from": "default"}));
+    assert_eq!(json["derived"]["retry_delays"], serde_json::json!(["1s", "10s"]));
+    let queues = json["derived"]["queues"].as_array().unwrap();
+    assert!(queues.contains(&"from-file.user.login.retry.10s".into()), "{queues:?}");
+    assert_eq!(json["settings"]["consumer"]["prefetch"], 32);
+    assert_eq!(json["settings"]["ingress"]["token"], "***");
+
+    let out = warren_in(&dir, &["config"], &env);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success() && !stdout.contains("tok-cli-s3cret"), "{stdout}");
+    assert!(
+        stdout.contains("prefetch = 32  # environment WARREN_CONSUMER__PREFETCH"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("exchange = \"from-dotenv\"  # .env WARREN_TOPOLOGY__EXCHANGE"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("# retry delays: 1s, 10s (from consumer.retry.attempts)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_bad_setting_is_one_line_naming_the_variable_and_a_typo_gets_a_suggestion() {
+    let out = warren(&["config"], &[("WARREN_CONSUMER__PREFETCH", "abc")]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    assert_eq!(
+        err.trim_end(),
+        "error: environment variable WARREN_CONSUMER__PREFETCH=abc: must be a whole number from 1 to 65535"
+    );
+    let out = warren(&["config"], &[("WARREN_CONSUMER__PREFECH", "3")]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("did you mean WARREN_CONSUMER__PREFETCH?"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -23,10 +23,15 @@ fn count(seen: &Seen) -> usize {
 }
 
 /// Starts `consumer`; returns the token that stops it and its join handle.
-fn start(consumer: Consumer) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+/// Runs `consumer` until the token is cancelled; returns once it consumes
+/// from every one of its work queues.
+async fn start(consumer: Consumer) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let topology = consumer.topology();
+    let queues: Vec<_> = topology.event_types.iter().map(|t| topology.work_queue(t)).collect();
     let token = CancellationToken::new();
     let t = token.clone();
     let handle = tokio::spawn(async move { consumer.run(t).await.expect("consumer ran") });
+    support::wait_consuming(&queues, Duration::from_secs(20)).await;
     (token, handle)
 }
 
@@ -63,7 +68,7 @@ async fn a_thousand_events_are_each_handled_once_and_acked() {
     let topology = consumer.topology();
     // Every type's queues (the consumer's topology has only the one it handles).
     let declared = support::declare(&conn, &s).await;
-    let (token, handle) = start(consumer);
+    let (token, handle) = start(consumer).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let events: Vec<_> = (0..1000).map(support::registered).collect();
     for r in publisher.publish_batch(&events).await {
@@ -108,8 +113,7 @@ async fn a_handler_failing_twice_succeeds_on_attempt_three_after_the_tier_delays
         }
     });
     let topology = consumer.topology();
-    let (token, handle) = start(consumer);
-    tokio::time::sleep(Duration::from_millis(500)).await; // declared by the consumer
+    let (token, handle) = start(consumer).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let event = support::registered(1);
     publisher.publish(&event).await.unwrap();
@@ -156,8 +160,7 @@ async fn always_failing_ends_in_dead_with_headers_and_permanent_goes_straight_th
         }
     });
     let topology = consumer.topology();
-    let (token, handle) = start(consumer);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (token, handle) = start(consumer).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let (failing, banned) = (support::registered(1), support::registered(666));
     publisher.publish(&failing).await.unwrap();
@@ -214,8 +217,7 @@ async fn garbage_and_invalid_bodies_go_to_dead_byte_for_byte_and_the_next_event_
     let seen = seen();
     let consumer = Consumer::new(s.clone()).on(recorder(&seen));
     let topology = consumer.topology();
-    let (token, handle) = start(consumer);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (token, handle) = start(consumer).await;
     let x = &s.topology.exchange;
     let garbage: &[u8] = b"\x00\xffnot json at all";
     let invalid = br#"{"event_type":"user.registered","source":"s","user_id":1,"data":{"user_id":1,"username":"a","email":"nope","registration_timestamp":"2025-01-20T10:30:00Z"}}"#;
@@ -271,8 +273,7 @@ async fn a_panicking_handler_is_retried_and_the_service_goes_on() {
         }
     });
     let topology = consumer.topology();
-    let (token, handle) = start(consumer);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (token, handle) = start(consumer).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let events: Vec<_> = (0..20).map(support::registered).collect();
     for r in publisher.publish_batch(&events).await {
@@ -301,9 +302,8 @@ async fn retries_of_one_service_never_reach_another_bound_to_the_same_key() {
         .on(|_e: Envelope<UserRegistered>, _c: Context| async { Err(HandlerError::transient("down")) });
     let b = Consumer::new(healthy.clone()).on(recorder(&seen_b));
     let (ta, tb) = (a.topology(), b.topology());
-    let (token_a, handle_a) = start(a);
-    let (token_b, handle_b) = start(b);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (token_a, handle_a) = start(a).await;
+    let (token_b, handle_b) = start(b).await;
     let publisher = Publisher::connect(&failing, "tests").await.unwrap();
     let events: Vec<_> = (0..10).map(support::registered).collect();
     for r in publisher.publish_batch(&events).await {
@@ -399,7 +399,7 @@ impl SlowRun {
             work_queue,
             declared,
             events,
-            running: Some(start(consumer)),
+            running: Some(start(consumer).await),
         }
     }
 

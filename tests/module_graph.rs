@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Lowest layer first. A new module goes in the layer under everything that uses it.
 const LAYERS: &[&[&str]] = &[
-    &["event", "uri", "metrics"],
+    &["event", "uri", "secrets", "metrics"],
     &["config"],
     &["topology"],
     &["amqp"],

@@ -88,6 +88,36 @@ pub async fn ready(ch: &Channel, queue: &str) -> u32 {
     q.message_count()
 }
 
+/// Polls until each of `queues` has a consumer (the consumer service has
+/// declared them and started consuming), or panics after `within`.
+pub async fn wait_consuming(queues: &[String], within: Duration) {
+    let conn = connect().await;
+    let deadline = tokio::time::Instant::now() + within;
+    for queue in queues {
+        loop {
+            // A channel per try: a passive declare of a queue not declared yet closes it.
+            let ch = conn.create_channel().await.expect("opening a channel");
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let consumers = ch
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .map_or(0, |q| q.consumer_count());
+            if consumers > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue}: nobody consumes it after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
 /// Polls until `queue` has `n` ready messages, or panics after `within`.
 pub async fn wait_ready(ch: &Channel, queue: &str, n: u32, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;

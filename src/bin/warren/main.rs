@@ -5,16 +5,20 @@
 
 mod bench;
 mod dead;
+mod logging;
+mod show_config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use show_config::Origins;
 use tokio_util::sync::CancellationToken;
 use warren::config::{Loaded, Sources};
 use warren::consumer::{Consumer, LogHandler};
 use warren::event::{EventType, RawEnvelope};
+use warren::secrets::Scrubber;
 use warren::{Publisher, Settings, Topology};
 
 /// mimalloc instead of glibc's malloc: the ingress and the consumer allocate
@@ -66,8 +70,14 @@ enum Command {
     /// Declare or export the exchange, queues and bindings.
     #[command(subcommand)]
     Topology(TopologyCommand),
-    /// Print the effective settings as TOML, with passwords and tokens redacted.
-    Config,
+    /// Print the effective settings, with passwords and tokens redacted: as
+    /// TOML with, after each value, where it came from (default, file, .env,
+    /// environment), then the derived retry delays and queue names.
+    Config {
+        /// One JSON object instead: settings, sources, derived.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the consumer service: one work queue per event type, handled, acked,
     /// retried through the delay queues, or parked in the dead-letter queues.
     ///
@@ -125,7 +135,23 @@ enum TopologyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    // Settings first: the log scrubber needs their secrets before any line is written.
+    let Loaded {
+        settings,
+        warnings,
+        origins,
+    } = match load_settings(&cli) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scrubber = Scrubber::new(settings.secrets());
+    logging::init(cli.log_json, scrubber.clone());
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -133,44 +159,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, settings, origins)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", scrubber.scrub(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_tracing(json: bool) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warren=info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        fmt.json().init();
-    } else {
-        fmt.with_ansi(std::io::stderr().is_terminal()).init();
-    }
-}
-
-fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+fn load_settings(cli: &Cli) -> anyhow::Result<Loaded> {
     let sources = Sources {
         file: cli.config.clone(),
         dir: std::env::current_dir().context("reading the working directory")?,
         env: std::env::vars().collect(),
     };
-    let Loaded { settings, warnings } = Settings::load(&sources)?;
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    Ok(settings)
+    Ok(Settings::load(&sources)?)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = load_settings(&cli)?;
+async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<()> {
     match cli.command {
         Command::Publish {
             event_type,
@@ -197,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 topology.bindings().len()
             );
         }
-        Command::Config => print!("{}", settings.redacted_toml()),
+        Command::Config { json } => print!("{}", show_config::render(&settings, &origins, json)?),
         Command::Consume { handler } => {
             let shutdown = shutdown_on_signal();
             consumer(settings, handler.handler)?.run(shutdown).await?;
@@ -258,7 +265,9 @@ async fn ingress(settings: &Settings, shutdown: CancellationToken) -> anyhow::Re
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;
-    tracing::info!(listen = %settings.ingress.listen, "ingress listening");
+    // The bound address, not the setting: with port 0 the log says which port.
+    let listen = listener.local_addr().unwrap_or(settings.ingress.listen);
+    tracing::info!(listen = %listen, "ingress listening");
     match settings.metrics.listen {
         None => warren::http::serve(listener, state.with_metrics(handle), shutdown).await?,
         Some(addr) => {

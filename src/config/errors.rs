@@ -1,0 +1,132 @@
+//! The errors of loading settings, in the user's words: the variable or file
+//! key they set, the value as they gave it (unless it is a secret) and what
+//! the setting accepts; and the nearest valid name for a misspelt one.
+
+use super::Origin;
+use super::layers::Entry;
+use super::values::{Raw, expected};
+use crate::uri::redact_url;
+
+/// Settings whose value is never shown, not even in an error about it.
+pub(super) const SECRET_KEYS: &[&str] = &["amqp.url", "ingress.token", "webhook.secret"];
+
+/// A setting that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error(".env file {path}: {message}")]
+    DotEnv { path: String, message: String },
+    /// A value its setting does not accept. `given` is how the user set it:
+    /// `environment variable WARREN_CONSUMER__PREFETCH=abc`,
+    /// `consumer.prefetch = "abc" in /etc/warren/warren.toml`.
+    #[error("{given}: must be {expected}")]
+    Value {
+        /// The setting (`consumer.prefetch`).
+        key: String,
+        given: String,
+        /// What the setting accepts, in plain words.
+        expected: String,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    /// The error for `entry`'s value; `detail` says more when there is more to say.
+    pub(super) fn value(entry: &Entry, detail: Option<String>) -> Self {
+        let expected = expected(&entry.key);
+        ConfigError::Value {
+            key: entry.key.clone(),
+            given: given(entry),
+            expected: match detail {
+                Some(detail) => format!("{expected} ({detail})"),
+                None => expected,
+            },
+        }
+    }
+}
+
+/// How the user set `entry`, with its value when it may be shown.
+fn given(entry: &Entry) -> String {
+    let value = shown(entry);
+    match &entry.origin {
+        Origin::Environment { variable } => match value {
+            Some(v) => format!("environment variable {variable}={v}"),
+            None => format!("environment variable {variable}"),
+        },
+        Origin::DotEnv { path, variable } => match value {
+            Some(v) => format!("{variable}={v} in {}", path.display()),
+            None => format!("{variable} in {}", path.display()),
+        },
+        Origin::File { path, key } => match value {
+            Some(v) => format!("{key} = {v} in {}", path.display()),
+            None => format!("{key} in {}", path.display()),
+        },
+        Origin::Default => format!("the default of {}", entry.key),
+    }
+}
+
+/// The value as it may be shown: not at all for a secret, and `webhook.url`
+/// without its password.
+fn shown(entry: &Entry) -> Option<String> {
+    if SECRET_KEYS.contains(&entry.key.as_str()) {
+        return None;
+    }
+    let url = entry.key == "webhook.url";
+    Some(match &entry.value {
+        Raw::Text(s) if url => redact_url(s),
+        Raw::Text(s) => s.clone(),
+        Raw::Toml(toml::Value::String(s)) if url => format!("{:?}", redact_url(s)),
+        Raw::Toml(v) => v.to_string(),
+    })
+}
+
+/// The candidate nearest to `name` (ignoring case) when it is near enough
+/// to be what was meant: a few edits, a quarter of the name at most.
+pub(super) fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let name = name.to_uppercase();
+    let limit = (name.len() / 4).max(2);
+    candidates
+        .into_iter()
+        .map(|c| (distance(&name, &c.to_uppercase()), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance: insertions, deletions and substitutions.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb)).min(row[j] + 1).min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_names_are_suggested_and_far_ones_are_not() {
+        let names = ["WARREN_CONSUMER__PREFETCH", "WARREN_CONSUMER__SERVICE", "AMQP_URL"];
+        assert_eq!(
+            nearest("WARREN_CONSUMER__PREFECH", names),
+            Some("WARREN_CONSUMER__PREFETCH")
+        );
+        assert_eq!(
+            nearest("warren_consumer_prefetch", names),
+            Some("WARREN_CONSUMER__PREFETCH")
+        );
+        assert_eq!(nearest("WARREN_NOPE", names), None);
+        assert_eq!(distance("kitten", "sitting"), 3);
+    }
+}

@@ -1,0 +1,231 @@
+//! What each setting accepts, in plain words, and the check of one value as
+//! the user wrote it. Checking before serde sees the value keeps the error
+//! in the user's words (the variable or file key they set) and refuses what
+//! serde would quietly bend, such as a concurrency of `1.5` read as 1.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use super::{QueueType, duration};
+use crate::event::EventType;
+
+/// A value as the user wrote it.
+#[derive(Debug, Clone)]
+pub(super) enum Raw {
+    /// From `.env` or the environment: lists are comma separated.
+    Text(String),
+    /// From the settings file.
+    Toml(toml::Value),
+}
+
+/// The kinds of value settings take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    /// Text that must not be empty (a name in the broker).
+    Name,
+    Whole {
+        min: u64,
+        max: u64,
+    },
+    Bool,
+    Duration,
+    /// Retry delays: durations above zero.
+    Delays,
+    Address,
+    QueueType,
+    EventTypes,
+    AmqpUrl,
+}
+
+const fn whole(min: u64, max: u64) -> Kind {
+    Kind::Whole { min, max }
+}
+
+/// The kind of every setting; `None` for a key that is no setting.
+fn kind_of(key: &str) -> Option<Kind> {
+    Some(match key {
+        "amqp.url" => Kind::AmqpUrl,
+        "amqp.connection_name"
+        | "publisher.source"
+        | "ingress.token"
+        | "webhook.url"
+        | "webhook.path"
+        | "webhook.secret" => Kind::Text,
+        "topology.exchange" | "consumer.service" => Kind::Name,
+        "amqp.heartbeat"
+        | "publisher.confirm_timeout"
+        | "consumer.shutdown_timeout"
+        | "ingress.request_timeout"
+        | "webhook.timeout" => Kind::Duration,
+        "topology.queue_type" => Kind::QueueType,
+        "topology.delivery_limit" | "consumer.retry.attempts" => whole(0, u64::from(u32::MAX)),
+        "consumer.prefetch" => whole(1, u64::from(u16::MAX)),
+        "consumer.concurrency" => whole(1, usize::MAX as u64),
+        "ingress.max_body" | "ingress.max_batch" => whole(0, usize::MAX as u64),
+        "publisher.resend_on_reconnect" => Kind::Bool,
+        "consumer.event_types" => Kind::EventTypes,
+        "consumer.retry.delays" => Kind::Delays,
+        "ingress.listen" | "metrics.listen" => Kind::Address,
+        _ => return None,
+    })
+}
+
+/// What `key` accepts, in plain words: "a whole number from 1 to 65535".
+pub(super) fn expected(key: &str) -> String {
+    match kind_of(key) {
+        None | Some(Kind::Text) => "text".into(),
+        Some(Kind::Name) => "a name that is not empty".into(),
+        Some(Kind::Whole { min, max }) if max == usize::MAX as u64 => format!("a whole number of {min} or more"),
+        Some(Kind::Whole { min, max }) => format!("a whole number from {min} to {max}"),
+        Some(Kind::Bool) => "true or false".into(),
+        Some(Kind::Duration) => "a duration like 500ms, 30s or 2m (a bare number is seconds)".into(),
+        Some(Kind::Delays) => "a list of durations above zero, like 1s,10s,1m".into(),
+        Some(Kind::Address) => "an address like 127.0.0.1:8080".into(),
+        Some(Kind::QueueType) => "quorum or classic".into(),
+        Some(Kind::EventTypes) => format!("a list of event types from: {}", EventType::known_names()),
+        Some(Kind::AmqpUrl) => "an AMQP URL like amqp://user:password@host:5672/%2f".into(),
+    }
+}
+
+/// A variable's value as the loader takes it: blanks around it trimmed (but
+/// for text settings, where they may be part of the value), and around each
+/// item of a list.
+pub(super) fn normalize(key: &str, value: &str) -> String {
+    match kind_of(key) {
+        None | Some(Kind::Text) => value.to_owned(),
+        Some(Kind::Delays | Kind::EventTypes) => value.split(',').map(str::trim).collect::<Vec<_>>().join(","),
+        Some(_) => value.trim().to_owned(),
+    }
+}
+
+/// Checks one value of `key`.
+///
+/// # Errors
+///
+/// What in particular is wrong, when more can be said than [`expected`]
+/// (it never quotes the value: the caller decides whether it may be shown).
+pub(super) fn check(key: &str, raw: &Raw) -> Result<(), Option<String>> {
+    let Some(kind) = kind_of(key) else {
+        return Err(None);
+    };
+    let ok = match kind {
+        Kind::Delays => return check_delays(raw),
+        Kind::EventTypes => return check_event_types(raw),
+        Kind::AmqpUrl => return crate::uri::check_url(&scalar(raw).ok_or(None)?).map_err(Some),
+        Kind::Text => scalar(raw).is_some(),
+        Kind::Name => scalar(raw).is_some_and(|s| !s.is_empty()),
+        Kind::Whole { min, max } => scalar(raw)
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|n| (min..=max).contains(&n)),
+        Kind::Bool => scalar(raw).is_some_and(|s| {
+            ["true", "false", "1", "0", "yes", "no", "on", "off"].contains(&s.to_lowercase().as_str())
+        }),
+        Kind::Duration => scalar(raw).is_some_and(|s| duration::parse(&s).is_ok()),
+        Kind::Address => scalar(raw).is_some_and(|s| s.trim().parse::<SocketAddr>().is_ok()),
+        Kind::QueueType => scalar(raw).is_some_and(|s| s.parse::<QueueType>().is_ok()),
+    };
+    if ok { Ok(()) } else { Err(None) }
+}
+
+fn check_delays(raw: &Raw) -> Result<(), Option<String>> {
+    for item in items(raw).ok_or(None)? {
+        match duration::parse(&item) {
+            Ok(d) if d.is_zero() => return Err(Some("a delay of zero would retry at once".into())),
+            Ok(_) => {}
+            Err(_) => return Err(None),
+        }
+    }
+    Ok(())
+}
+
+fn check_event_types(raw: &Raw) -> Result<(), Option<String>> {
+    for item in items(raw).ok_or(None)? {
+        if EventType::find(&item).is_none() {
+            return Err(Some(format!("{item:?} is not one")));
+        }
+    }
+    Ok(())
+}
+
+/// A single value as text: a TOML string as is, a number or boolean as written.
+fn scalar(raw: &Raw) -> Option<Cow<'_, str>> {
+    match raw {
+        Raw::Text(s) | Raw::Toml(toml::Value::String(s)) => Some(Cow::Borrowed(s)),
+        Raw::Toml(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => {
+            Some(Cow::Owned(v.to_string()))
+        }
+        Raw::Toml(_) => None,
+    }
+}
+
+/// The items of a list: comma-separated text (empty: no items), or a TOML array.
+fn items(raw: &Raw) -> Option<Vec<String>> {
+    match raw {
+        Raw::Text(s) if s.trim().is_empty() => Some(Vec::new()),
+        Raw::Text(s) => Some(s.split(',').map(str::to_owned).collect()),
+        Raw::Toml(toml::Value::Array(values)) => values
+            .iter()
+            .map(|v| scalar(&Raw::Toml(v.clone())).map(Cow::into_owned))
+            .collect(),
+        Raw::Toml(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn text(s: &str) -> Raw {
+        Raw::Text(s.to_owned())
+    }
+
+    #[test]
+    fn every_setting_has_a_kind_and_its_default_passes() {
+        let defaults = toml::Value::try_from(Settings::default()).unwrap();
+        for key in Settings::keys() {
+            assert!(kind_of(&key).is_some(), "{key} has no kind in config/values.rs");
+            let value = key.split('.').try_fold(&defaults, |v, part| v.get(part));
+            if let Some(value) = value {
+                assert_eq!(check(&key, &Raw::Toml(value.clone())), Ok(()), "default of {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn whole_numbers_are_whole_and_in_range() {
+        assert_eq!(check("consumer.prefetch", &text("65535")), Ok(()));
+        for bad in ["abc", "70000", "0", "-3", "1.5", ""] {
+            assert!(check("consumer.prefetch", &text(bad)).is_err(), "{bad}");
+        }
+        assert!(check("consumer.concurrency", &text("1.5")).is_err());
+        assert!(check("consumer.prefetch", &Raw::Toml(toml::Value::Integer(70000))).is_err());
+        assert_eq!(expected("consumer.prefetch"), "a whole number from 1 to 65535");
+        assert_eq!(expected("consumer.concurrency"), "a whole number of 1 or more");
+    }
+
+    #[test]
+    fn lists_durations_and_the_rest() {
+        assert_eq!(check("consumer.retry.delays", &text("1s,10s")), Ok(()));
+        assert_eq!(check("consumer.retry.delays", &text("")), Ok(()));
+        assert!(matches!(check("consumer.retry.delays", &text("1s,0s")), Err(Some(m)) if m.contains("zero")));
+        assert!(check("consumer.retry.delays", &Raw::Toml(toml::Value::String("1s".into()))).is_err());
+        assert!(matches!(
+            check("consumer.event_types", &text("user.registered,user.deleted")),
+            Err(Some(m)) if m.contains("\"user.deleted\"")
+        ));
+        assert!(check("webhook.timeout", &text("-1")).is_err());
+        assert!(check("publisher.resend_on_reconnect", &text("maybe")).is_err());
+        assert!(check("ingress.listen", &text("localhost")).is_err());
+        assert!(check("topology.queue_type", &text("stream")).is_err());
+        assert!(check("consumer.service", &text("")).is_err());
+        assert_eq!(
+            normalize("consumer.event_types", " user.login , user.registered"),
+            "user.login,user.registered"
+        );
+        assert_eq!(normalize("consumer.prefetch", " 5 "), "5");
+        assert_eq!(normalize("ingress.token", " t "), " t ");
+        assert!(matches!(check("amqp.url", &text("amqp://u:p/w@h")), Err(Some(m)) if m.contains("%2F")));
+    }
+}
