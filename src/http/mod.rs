@@ -61,7 +61,8 @@ struct Shared {
     settings: IngressSettings,
     metrics: Option<PrometheusHandle>,
     requests: Arc<middleware::RequestMetrics>,
-    /// Set by [`AppState::with_dead_letters`]: the settings the `/dead` routes connect with.
+    /// Set by `AppState::with_dead_letters`: the settings the `/dead` routes connect with.
+    #[cfg_attr(not(feature = "dead"), allow(dead_code))]
     dead: Option<Arc<crate::config::Settings>>,
 }
 
