@@ -17,6 +17,7 @@
 //! - [`amqp`]: connecting (named connections, heartbeats), the reconnect backoff.
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
+//! - [`dead`]: listing, grouping, replaying and purging parked events (feature `dead`).
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
 //! - [`metrics`]: the Prometheus recorder and the name of every metric warren emits.
 //! - [`relay`]: the PostgreSQL transactional outbox relay (feature `relay`).
@@ -27,7 +28,7 @@
 //!
 //! Modules import "down" only: `schema` < `event`, `uri`, `secrets`, `refusal`,
 //! `metrics`, `process_metrics`, `readiness` < `config` < `topology` < `amqp` <
-//! `publisher` < `consumer`, `http`, `relay` < `webhook`, `asyncapi`
+//! `publisher` < `consumer`, `relay` < `dead` < `http` < `webhook`, `asyncapi`
 //! (tests/module_graph.rs keeps it so).
 //!
 //! The `warren` command (its subcommands, the `bench` load generator and the
@@ -35,10 +36,11 @@
 //!
 //! # Features
 //!
-//! - `cli` (default): the `warren` binary; implies `http`, `webhook` and `relay`.
+//! - `cli` (default): the `warren` binary; implies `http`, `webhook`, `relay` and `dead`.
 //! - `relay`: the [`relay`] module (tokio-postgres, deadpool, rustls).
 //! - `http`: the [`http`] module (axum).
 //! - `webhook`: the [`webhook`] module (reqwest, rustls).
+//! - `dead`: the [`dead`] module; with `http`, the `/dead` routes of the ingress.
 //!
 //! A service that only publishes or consumes depends on warren with
 //! `default-features = false` and gets neither clap, nor an HTTP stack.
@@ -47,6 +49,8 @@ pub mod amqp;
 pub mod asyncapi;
 pub mod config;
 pub mod consumer;
+#[cfg(feature = "dead")]
+pub mod dead;
 pub mod event;
 #[cfg(feature = "http")]
 pub mod http;

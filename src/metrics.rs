@@ -27,6 +27,9 @@
 //! | [`WEBHOOK_DURATION_SECONDS`] | histogram | none |
 //! | [`RELAY_PUBLISHED_TOTAL`], [`RELAY_FAILED_TOTAL`] | counter | `table` |
 //! | [`RELAY_PENDING_ROWS`], [`RELAY_OLDEST_PENDING_AGE_SECONDS`], [`RELAY_FAILED_ROWS`], [`RELAY_DATABASE_UP`], [`RELAY_ACTIVE`] | gauge | `table` |
+//! | [`DEAD_LETTERS`] | gauge | `queue` (each `.dead` queue; set by `warren run`) |
+//! | [`DEAD_REPLAYED_TOTAL`] | counter | `queue` (the `.dead` queue replayed from) |
+//! | [`DEAD_PURGED_TOTAL`] | counter | `queue` |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -80,6 +83,13 @@ pub const RELAY_DATABASE_UP: &str = "warren_relay_database_up";
 pub const RELAY_ACTIVE: &str = "warren_relay_active";
 /// Always 1, labelled with the running `version`.
 pub const BUILD_INFO: &str = "warren_build_info";
+
+/// Messages parked in a `.dead` queue, by `queue` (refreshed by `warren run`).
+pub const DEAD_LETTERS: &str = "warren_dead_letters";
+/// Parked events sent back to their work queue by a replay, by `.dead` `queue`.
+pub const DEAD_REPLAYED_TOTAL: &str = "warren_dead_replayed_total";
+/// Parked events removed by a purge, by `.dead` `queue`.
+pub const DEAD_PURGED_TOTAL: &str = "warren_dead_purged_total";
 
 /// Histogram buckets (seconds) of every `*_seconds` metric: 0.5 ms to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -196,6 +206,21 @@ fn describe() {
         STALE_ACKS_TOTAL,
         Unit::Count,
         "Acks lost with their channel, by queue: the broker redelivers those messages."
+    );
+    describe_dead();
+}
+
+fn describe_dead() {
+    describe_gauge!(DEAD_LETTERS, "Messages parked in a .dead queue, by queue.");
+    describe_counter!(
+        DEAD_REPLAYED_TOTAL,
+        Unit::Count,
+        "Parked events sent back to their work queue by a replay, by .dead queue."
+    );
+    describe_counter!(
+        DEAD_PURGED_TOTAL,
+        Unit::Count,
+        "Parked events removed by a purge, by .dead queue."
     );
 }
 

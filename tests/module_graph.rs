@@ -21,7 +21,9 @@ const LAYERS: &[&[&str]] = &[
     &["topology"],
     &["amqp"],
     &["publisher"],
-    &["consumer", "http", "relay"],
+    &["consumer", "relay"],
+    &["dead"],
+    &["http"],
     &["webhook", "asyncapi"],
 ];
 

@@ -23,6 +23,11 @@ pub const ORIGINAL_EXCHANGE: &str = "x-warren-original-exchange";
 pub const ORIGINAL_ROUTING_KEY: &str = "x-warren-original-routing-key";
 /// The work queue that gave up on it.
 pub const QUEUE: &str = "x-warren-queue";
+/// RFC 3339 time the message was parked in `.dead`.
+pub const DEAD_LETTERED_AT: &str = "x-warren-dead-lettered-at";
+/// How many times `warren dead replay` sent it back; kept across retries so
+/// the replay cap holds when a replayed event fails again.
+pub const REPLAYS: &str = "x-warren-replays";
 
 /// Error summaries are cut to this many bytes: headers must stay far below
 /// `frame_max`, or the broker closes the connection.
@@ -84,7 +89,8 @@ pub(crate) fn republish_properties(
     if let Some(old) = old {
         for (k, v) in old.inner() {
             let k = k.as_str();
-            if !k.starts_with("x-warren-") && !k.starts_with("x-death") && !k.contains("-death-") {
+            let ours = k.starts_with("x-warren-") && k != REPLAYS;
+            if !ours && !k.starts_with("x-death") && !k.contains("-death-") {
                 headers.insert(k.into(), v.clone());
             }
         }
@@ -108,6 +114,7 @@ pub(crate) fn republish_properties(
     match dead_reason {
         Some(reason) => {
             headers.insert(REASON.into(), AMQPValue::LongString(reason.as_str().into()));
+            headers.insert(DEAD_LETTERED_AT.into(), AMQPValue::LongString(now.as_str().into()));
             headers.insert(
                 ATTEMPTS.into(),
                 AMQPValue::LongLongInt(i64::from(next_attempt.saturating_sub(1))),
@@ -189,6 +196,15 @@ mod tests {
         assert_eq!(int(&p2, ATTEMPTS), Some(2));
         assert_eq!(text(&p2, ERROR).as_deref(), Some("boom again"));
         assert_eq!(p2.delivery_mode(), &Some(2));
+        assert!(text(&p2, DEAD_LETTERED_AT).is_some());
+    }
+
+    #[test]
+    fn the_replay_count_survives_a_retry() {
+        let mut old = FieldTable::default();
+        old.insert(REPLAYS.into(), AMQPValue::LongLongInt(2));
+        let p = republish_properties(&BasicProperties::default().with_headers(old), &origin(), 2, "e", None);
+        assert_eq!(int(&p, REPLAYS), Some(2));
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! Status codes and bodies are documented in `docs/HTTP.md`.
 
 mod connections;
+#[cfg(feature = "dead")]
+mod dead;
 mod error;
 mod health;
 mod ingress;
@@ -65,6 +67,9 @@ struct Shared {
     metrics: Option<PrometheusHandle>,
     requests: Arc<middleware::RequestMetrics>,
     readiness: Readiness,
+    /// Set by `AppState::with_dead_letters`: the settings the `/dead` routes connect with.
+    #[cfg_attr(not(feature = "dead"), allow(dead_code))]
+    dead: Option<Arc<crate::config::Settings>>,
 }
 
 impl AppState {
@@ -80,6 +85,7 @@ impl AppState {
                 metrics: None,
                 requests: Arc::default(),
                 readiness: Readiness::new(),
+                dead: None,
             }),
         }
     }
@@ -105,8 +111,25 @@ impl AppState {
         }
     }
 
+    /// Serves the `/dead` routes over the `.dead` queues of
+    /// `settings.consumer.service` (docs/HTTP.md#dead-letters).
+    #[cfg(feature = "dead")]
+    #[must_use]
+    pub fn with_dead_letters(self, settings: &crate::config::Settings) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.inner);
+        shared.dead = Some(Arc::new(settings.clone()));
+        Self {
+            inner: Arc::new(shared),
+        }
+    }
+
     fn readiness(&self) -> &Readiness {
         &self.inner.readiness
+    }
+
+    #[cfg(feature = "dead")]
+    fn dead_settings(&self) -> Option<Arc<crate::config::Settings>> {
+        self.inner.dead.clone()
     }
 
     fn sink(&self) -> &dyn EventSink {
@@ -139,6 +162,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz));
     if state.metrics_handle().is_some() {
         app = app.route("/metrics", get(health::metrics));
+    }
+    #[cfg(feature = "dead")]
+    if state.inner.dead.is_some() {
+        app = app.merge(dead::routes());
     }
     app.merge(events)
         .fallback(|| async { error::ApiError::not_found().into_response() })

@@ -5,6 +5,7 @@
 
 mod bench;
 mod contract;
+mod dead;
 mod logging;
 mod probes;
 mod relay;
@@ -125,6 +126,9 @@ enum Command {
     /// (relay.database_url, DATABASE_URL) in commit order, each with a
     /// broker confirm; `schema`, `failed`, `retry` and `stats` manage the table.
     Relay(relay::RelayArgs),
+    /// List, group, show, replay, purge and import the events parked in the
+    /// service's `.dead` queues.
+    Dead(dead::DeadArgs),
     /// Load-test publish → broker → handler on throwaway queues; with
     /// --baseline, against a bare-lapin loop doing the same work.
     Bench(bench::BenchArgs),
@@ -255,6 +259,9 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
                 .then(|| relay::spawn(&settings, &readiness, shutdown.clone()))
                 .transpose()?;
             let stop = shutdown.clone();
+            let gauge =
+                warren::dead::watch::watch(settings.clone(), warren::dead::watch::REFRESH_EVERY, shutdown.clone());
+            tokio::spawn(gauge);
             // Whichever ends first (a signal, or a fatal error) stops the other.
             let consuming = tokio::spawn(async move {
                 let result = consumer.run(stop.clone()).await;
@@ -271,6 +278,7 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
             consumed?;
         }
         Command::Bench(args) => bench::run(&settings, &args, shutdown_on_signal()).await?,
+        Command::Dead(args) => dead::run(settings, args, shutdown_on_signal).await?,
     }
     Ok(())
 }
@@ -302,7 +310,8 @@ async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Re
     let publisher = Publisher::start(settings, "ingress");
     let refused = publisher.clone();
     let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &fit_to_descriptors(&settings.ingress))
-        .with_readiness(readiness);
+        .with_readiness(readiness)
+        .with_dead_letters(settings);
     let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;

@@ -1,0 +1,320 @@
+//! The dead-letter routes of the ingress: `GET /dead`, `GET /dead/stats`,
+//! `GET /dead/{event_id}`, `POST /dead/replay`, `POST /dead/purge`, the
+//! `warren dead` commands over HTTP (docs/HTTP.md#dead-letters).
+//!
+//! They need `Authorization: Bearer <ingress.token>` when a token is set,
+//! and are refused (403) without a token unless the ingress listens on a
+//! loopback address: replaying and purging are operator actions. Each
+//! request opens its own AMQP connection (operator traffic is rare), and
+//! runs its operation in a task of its own, so a request that times out or
+//! a client that goes away never stops a replay or purge half-way.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use super::middleware::Authorized;
+use crate::config::Settings;
+use crate::dead::{DEFAULT_MAX_REPLAYS, DeadLetters, Filter, Record, ReplayOptions};
+
+/// The `/dead` routes.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/dead", get(list))
+        .route("/dead/stats", get(stats))
+        .route("/dead/replay", post(replay))
+        .route("/dead/purge", post(purge))
+        .route("/dead/{event_id}", get(show))
+}
+
+/// An error answer: `{"error": {"code": …, "message": …}}`.
+struct DeadError(StatusCode, &'static str, String);
+
+impl IntoResponse for DeadError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": {"code": self.1, "message": self.2}}))).into_response()
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> DeadError {
+    DeadError(StatusCode::BAD_REQUEST, "invalid_request", message.into())
+}
+
+/// Extracting it checks the token, and refuses to serve without one on a
+/// non-loopback address.
+struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let s = state.settings();
+        if s.token.is_none() && !s.listen.ip().is_loopback() {
+            let message = "the /dead routes need ingress.token when ingress.listen is not a loopback address";
+            return Err(DeadError(StatusCode::FORBIDDEN, "token_required", message.into()).into_response());
+        }
+        Authorized::from_request_parts(parts, state)
+            .await
+            .map(|_| Self)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+/// What a route does with the `.dead` queues.
+type Op<T> = Box<dyn FnOnce(Arc<DeadLetters>) -> BoxFuture<'static, Result<T, crate::dead::DeadError>> + Send>;
+
+/// Runs `op` on a fresh connection in a task of its own; 503 when the
+/// broker cannot be reached (the reason is logged, not answered).
+async fn with_dead<T: Send + 'static>(settings: Arc<Settings>, op: Op<T>) -> Result<T, DeadError> {
+    let task = tokio::spawn(async move {
+        let dead = Arc::new(DeadLetters::connect(&settings, "dead-letters http").await?);
+        let out = op(dead.clone()).await;
+        if let Ok(dead) = Arc::try_unwrap(dead) {
+            dead.close().await;
+        }
+        out
+    });
+    match task.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "dead-letter request failed");
+            Err(DeadError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "the dead-letter queues could not be read: retry later".into(),
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "dead-letter task failed");
+            Err(DeadError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error".into(),
+            ))
+        }
+    }
+}
+
+fn dead_settings(state: &AppState) -> Result<Arc<Settings>, DeadError> {
+    state
+        .dead_settings()
+        .ok_or_else(|| DeadError(StatusCode::NOT_FOUND, "not_found", "no dead-letter routes here".into()))
+}
+
+async fn list(_: Operator, State(state): State<AppState>, RawQuery(q): RawQuery) -> Result<Json<Value>, DeadError> {
+    let filter = query_filter(q.as_deref())?;
+    let events = with_dead(
+        dead_settings(&state)?,
+        Box::new(move |d| Box::pin(async move { d.list(&filter, &mut |_, _| {}).await })),
+    )
+    .await?;
+    Ok(Json(json!({ "count": events.len(), "events": events })))
+}
+
+async fn stats(_: Operator, State(state): State<AppState>, RawQuery(q): RawQuery) -> Result<Json<Value>, DeadError> {
+    let filter = query_filter(q.as_deref())?;
+    let groups = with_dead(
+        dead_settings(&state)?,
+        Box::new(move |d| Box::pin(async move { d.stats(&filter, &mut |_, _| {}).await })),
+    )
+    .await?;
+    Ok(Json(json!({ "groups": groups })))
+}
+
+async fn show(_: Operator, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, DeadError> {
+    let wanted = id.clone();
+    let found = with_dead(
+        dead_settings(&state)?,
+        Box::new(move |d| Box::pin(async move { d.show(&wanted, &mut |_, _| {}).await })),
+    )
+    .await?;
+    if found.is_empty() {
+        let message = format!("no parked event with event_id {:?}", crate::event::truncate(&id, 100));
+        return Err(DeadError(StatusCode::NOT_FOUND, "not_found", message));
+    }
+    Ok(Json(json!({ "messages": found })))
+}
+
+/// `POST /dead/replay`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    #[serde(default)]
+    filter: Filter,
+    #[serde(default)]
+    max_replays: Option<i64>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn replay(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<Response, DeadError> {
+    let req: ReplayRequest = json_body(&body)?;
+    let options = ReplayOptions {
+        filter: req.filter,
+        max_replays: req.max_replays.unwrap_or(DEFAULT_MAX_REPLAYS),
+        dry_run: req.dry_run,
+    };
+    let report = with_dead(
+        dead_settings(&state)?,
+        Box::new(move |d| Box::pin(async move { d.replay(&options, &CancellationToken::new(), &mut |_, _| {}).await })),
+    )
+    .await?;
+    // A replay that stopped half-way still says what it moved.
+    let status = if report.error.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(report)).into_response())
+}
+
+/// `POST /dead/purge`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    #[serde(default)]
+    filter: Filter,
+    /// Must be `true`: the HTTP form of `--yes`.
+    #[serde(default)]
+    confirm: bool,
+}
+
+async fn purge(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<Response, DeadError> {
+    let req: PurgeRequest = json_body(&body)?;
+    if !req.confirm {
+        return Err(bad_request(
+            "a purge removes events: send \"confirm\": true (the removed messages come back in \"exported\")",
+        ));
+    }
+    let filter = req.filter;
+    let (report, exported) = with_dead(
+        dead_settings(&state)?,
+        Box::new(move |d| {
+            Box::pin(async move {
+                let mut exported: Vec<Record> = Vec::new();
+                let report = d
+                    .purge(&filter, &mut exported, &CancellationToken::new(), &mut |_, _| {})
+                    .await?;
+                Ok((report, exported))
+            })
+        }),
+    )
+    .await?;
+    let status = if report.error.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "purged": report.purged,
+        "possible_duplicates": report.possible_duplicates,
+        "error": report.error,
+        "exported": exported,
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DeadError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid request body: {e}")))
+}
+
+/// The filter of a query string: `type`, `reason`, `since`, `until`
+/// (RFC 3339), `event_id`, `group`, `limit`.
+fn query_filter(query: Option<&str>) -> Result<Filter, DeadError> {
+    let mut map = serde_json::Map::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (percent_decode(k)?, percent_decode(v)?);
+        let value = if k == "limit" {
+            json!(
+                v.parse::<usize>()
+                    .map_err(|_| bad_request(format!("limit={v:?} is not a number")))?
+            )
+        } else {
+            json!(v)
+        };
+        map.insert(k, value);
+    }
+    serde_json::from_value(Value::Object(map)).map_err(|e| bad_request(format!("invalid query: {e}")))
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
+fn percent_decode(s: &str) -> Result<String, DeadError> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next(), bytes.next()];
+                let byte = match hex {
+                    [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok()),
+                    _ => None,
+                };
+                out.push(byte.ok_or_else(|| bad_request("invalid %-escape in the query"))?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad_request("the query is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_become_filters() {
+        let f = query_filter(Some(
+            "type=user.login&reason=exhausted&since=2025-01-20T10%3A30%3A00%2B01%3A00&limit=3",
+        ))
+        .unwrap_or_else(|e| panic!("{}", e.2));
+        assert_eq!(f.event_type.as_deref(), Some("user.login"));
+        assert_eq!(f.reason.as_deref(), Some("exhausted"));
+        assert_eq!(f.since.unwrap().to_rfc3339(), "2025-01-20T09:30:00+00:00");
+        assert_eq!(f.limit, Some(3));
+        assert_eq!(
+            query_filter(None).unwrap_or_else(|e| panic!("{}", e.2)),
+            Filter::default()
+        );
+        for bad in ["limit=x", "typo=1", "since=yesterday", "reason=%zz"] {
+            assert_eq!(
+                query_filter(Some(bad)).err().map(|e| e.0),
+                Some(StatusCode::BAD_REQUEST),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_are_checked() {
+        let r: ReplayRequest = json_body(b"").unwrap_or_else(|e| panic!("{}", e.2));
+        assert!(!r.dry_run && r.max_replays.is_none());
+        let r: ReplayRequest =
+            json_body(br#"{"filter":{"reason":"exhausted"},"dry_run":true}"#).unwrap_or_else(|e| panic!("{}", e.2));
+        assert!(r.dry_run);
+        assert!(
+            json_body::<ReplayRequest>(br#"{"reason":"exhausted"}"#).is_err(),
+            "filters go in `filter`"
+        );
+        assert!(json_body::<PurgeRequest>(b"{").is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! `warren dead …` as a process: list, stats, replay (dry run, real, killed
+//! with SIGKILL and rerun), purge with an export, import.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use warren::consumer::headers;
+
+fn warren(s: &warren::Settings, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+    cmd.arg("dead")
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url())
+        .env("WARREN_TOPOLOGY__EXCHANGE", &s.topology.exchange)
+        .env("WARREN_CONSUMER__SERVICE", &s.consumer.service)
+        .env("WARREN_TOPOLOGY__QUEUE_TYPE", "classic");
+    cmd
+}
+
+fn run(s: &warren::Settings, args: &[&str]) -> Output {
+    let out = warren(s, args).stdin(Stdio::null()).output().expect("run warren");
+    assert!(
+        out.status.success(),
+        "warren dead {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+/// Parks `n` events in `queue` with `reason`; returns their ids.
+async fn park(conn: &lapin::Connection, queue: &str, n: usize, reason: &str) -> Vec<String> {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let mut ids = Vec::new();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let e = support::registered(i as i64);
+        let mut h = FieldTable::default();
+        h.insert(headers::REASON.into(), AMQPValue::LongString(reason.into()));
+        h.insert(
+            headers::ERROR.into(),
+            AMQPValue::LongString(format!("HTTP 503 after {i} ms").into()),
+        );
+        h.insert(
+            headers::FIRST_FAILURE.into(),
+            AMQPValue::LongString("2025-01-20T10:30:00Z".into()),
+        );
+        let props = BasicProperties::default()
+            .with_message_id(e.event_id.to_string().into())
+            .with_type("user.registered".into())
+            .with_delivery_mode(2)
+            .with_headers(h);
+        let body = serde_json::to_vec(&e).unwrap();
+        let opts = BasicPublishOptions::default();
+        pending.push(
+            ch.basic_publish("".into(), queue.into(), opts, &body, props)
+                .await
+                .unwrap(),
+        );
+        ids.push(e.event_id.to_string());
+    }
+    for c in pending {
+        assert!(c.await.unwrap().is_ack());
+    }
+    ids
+}
+
+fn ids_of(deliveries: &[lapin::message::Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|d| headers::message_id(&d.properties).unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn list_stats_replay_purge_and_import_from_the_shell() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-cli", false);
+    let topology = support::declare(&conn, &s).await;
+    let dead = topology.dead_queue("user.registered");
+    let work = topology.work_queue("user.registered");
+    let exhausted = park(&conn, &dead, 5, "exhausted").await;
+    let permanent = park(&conn, &dead, 3, "permanent").await;
+
+    let listed = json_lines(&run(&s, &["list", "--json"]));
+    let ids: Vec<&str> = listed.iter().map(|v| v["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [exhausted.clone(), permanent.clone()].concat());
+    assert_eq!(listed[0]["reason"], "exhausted");
+    assert_eq!(listed[0]["queue"], dead.as_str());
+    let table = String::from_utf8(run(&s, &["list", "--reason", "permanent"]).stdout).unwrap();
+    assert_eq!(table.lines().count(), 4, "a header and three rows: {table}");
+
+    let stats = json_lines(&run(&s, &["stats", "--json"]));
+    assert_eq!(stats.len(), 2);
+    assert_eq!(
+        (stats[0]["count"].as_u64(), stats[0]["reason"].as_str()),
+        (Some(5), Some("exhausted"))
+    );
+
+    let show = json_lines(&run(&s, &["show", &permanent[0], "--json"]));
+    assert_eq!(show[0]["properties"]["message_id"], permanent[0].as_str());
+    assert_eq!(show[0]["headers"]["x-warren-reason"], "permanent");
+    let missing = warren(&s, &["show", "no-such-id"]).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no parked event"));
+
+    let dry = String::from_utf8(run(&s, &["replay", "--reason", "exhausted", "--dry-run"]).stdout).unwrap();
+    assert!(dry.contains("would move 5"), "{dry}");
+    assert_eq!(support::ready(&conn.create_channel().await.unwrap(), &work).await, 0);
+
+    let group = stats[0]["group"].as_str().unwrap();
+    let moved = json_lines(&run(&s, &["replay", "--group", group, "--json"]));
+    assert_eq!(moved[0]["moved"].as_array().unwrap().len(), 5);
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(ids_of(&support::drain(&ch, &work).await), exhausted);
+
+    let file = std::env::temp_dir().join(format!("{}.jsonl", support::unique("export")));
+    let path = file.to_str().unwrap();
+    let purged = String::from_utf8(run(&s, &["purge", "--export", path, "--yes"]).stdout).unwrap();
+    assert!(purged.contains("purged 3"), "{purged}");
+    support::wait_ready(&ch, &dead, 0, Duration::from_secs(5)).await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
+    let again = warren(&s, &["purge", "--export", path, "--yes"]).output().unwrap();
+    assert!(!again.status.success(), "an export never overwrites a file");
+
+    run(&s, &["import", path]);
+    let back = support::drain(&ch, &dead).await;
+    assert_eq!(ids_of(&back), permanent);
+    assert_eq!(
+        headers::text(&back[0].properties, headers::REASON).as_deref(),
+        Some("permanent")
+    );
+    std::fs::remove_file(&file).unwrap();
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn purge_asks_first_and_a_no_removes_nothing() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-ask", false);
+    let topology = support::declare(&conn, &s).await;
+    let dead = topology.dead_queue("user.registered");
+    park(&conn, &dead, 2, "exhausted").await;
+    let mut child = warren(&s, &["purge"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"no\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 parked events") && err.contains("nothing purged"),
+        "{err}"
+    );
+    let ch = conn.create_channel().await.unwrap();
+    support::wait_ready(&ch, &dead, 2, Duration::from_secs(5)).await;
+    let bad = warren(&s, &["import", "/nonexistent/x.jsonl"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/x.jsonl"));
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn a_replay_killed_at_a_random_point_then_rerun_loses_nothing() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-kill", false);
+    let topology = support::declare(&conn, &s).await;
+    let dead = topology.dead_queue("user.registered");
+    let work = topology.work_queue("user.registered");
+    let ids = park(&conn, &dead, 3000, "exhausted").await;
+
+    let mut child = warren(&s, &["replay"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    // Kill once the replay is under way, at a point that differs per run.
+    let started = std::time::Instant::now();
+    while support::ready(&ch, &work).await < 1 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the replay never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let jitter = uuid::Uuid::now_v7().as_u128() as u64 % 300;
+    tokio::time::sleep(Duration::from_millis(jitter)).await;
+    let killed = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait().unwrap();
+    let moved_before = support::ready(&ch, &work).await;
+    assert!(moved_before < 3000, "killed before the end ({moved_before} moved)");
+
+    let out = json_lines(&run(&s, &["replay", "--json"]));
+    assert!(out[0]["error"].is_null(), "{:?}", out[0]);
+    let replayed: HashSet<String> = ids_of(&support::drain(&ch, &work).await).into_iter().collect();
+    let parked: HashSet<String> = ids_of(&support::drain(&ch, &dead).await).into_iter().collect();
+    for id in &ids {
+        assert!(replayed.contains(id) || parked.contains(id), "{id} lost");
+    }
+    assert!(
+        parked.is_empty(),
+        "the rerun moved what was left (and dropped the dead pass's marker)"
+    );
+    support::cleanup(&conn, &topology).await;
+}

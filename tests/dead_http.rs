@@ -1,0 +1,188 @@
+//! The `/dead` routes of the ingress against the local broker, through the
+//! router (no socket): list, stats, show, replay, purge, and who may call them.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use warren::consumer::headers;
+use warren::event::RawEnvelope;
+use warren::http::{AppState, EventSink, router};
+use warren::{PublishError, Settings};
+
+/// The ingress's own publishing is not under test here.
+struct NoSink;
+
+impl EventSink for NoSink {
+    fn publish<'a>(&'a self, _: &'a RawEnvelope) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+fn app(s: &Settings) -> Router {
+    router(AppState::new(Arc::new(NoSink), &s.ingress).with_dead_letters(s))
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {bytes:?}"));
+    (status, body)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn post(uri: &str, body: &Value) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+async fn park(conn: &lapin::Connection, queue: &str, n: usize, reason: &str) -> Vec<String> {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let e = support::registered(i as i64);
+        let mut h = FieldTable::default();
+        h.insert(headers::REASON.into(), AMQPValue::LongString(reason.into()));
+        h.insert(
+            headers::ERROR.into(),
+            AMQPValue::LongString(format!("{reason} {i}").into()),
+        );
+        h.insert(
+            headers::FIRST_FAILURE.into(),
+            AMQPValue::LongString("2025-01-20T10:30:00Z".into()),
+        );
+        let props = BasicProperties::default()
+            .with_message_id(e.event_id.to_string().into())
+            .with_type("user.registered".into())
+            .with_headers(h);
+        let body = serde_json::to_vec(&e).unwrap();
+        let c = ch
+            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, props)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(c.is_ack());
+        ids.push(e.event_id.to_string());
+    }
+    ids
+}
+
+#[tokio::test]
+async fn list_stats_show_replay_and_purge_over_http() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-http", false);
+    let topology = support::declare(&conn, &s).await;
+    let dead = topology.dead_queue("user.registered");
+    let work = topology.work_queue("user.registered");
+    let exhausted = park(&conn, &dead, 4, "exhausted").await;
+    let permanent = park(&conn, &dead, 2, "permanent").await;
+    let app = app(&s);
+
+    let (status, body) = call(&app, get("/dead?reason=permanent&limit=1")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["events"][0]["event_id"], permanent[0].as_str());
+
+    let (status, body) = call(&app, get("/dead?limit=lots")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]["message"].as_str().unwrap().contains("limit"), "{body}");
+
+    let (status, body) = call(&app, get("/dead/stats")).await;
+    assert_eq!(status, StatusCode::OK);
+    let counts: Vec<(u64, &str)> = body["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["count"].as_u64().unwrap(), g["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(counts, [(4, "exhausted"), (2, "permanent")]);
+
+    let (status, body) = call(&app, get(&format!("/dead/{}", exhausted[1]))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["messages"][0]["headers"]["x-warren-reason"], "exhausted");
+    assert_eq!(body["messages"][0]["body"]["event_id"], exhausted[1].as_str());
+    let (status, _) = call(&app, get("/dead/no-such-event")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let replay = json!({"filter": {"reason": "exhausted"}, "dry_run": true});
+    let (status, body) = call(&app, post("/dead/replay", &replay)).await;
+    assert_eq!((status, body["moved"].as_array().unwrap().len()), (StatusCode::OK, 4));
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(support::ready(&ch, &work).await, 0, "a dry run moves nothing");
+    let replay = json!({"filter": {"reason": "exhausted", "limit": 3}});
+    let (status, body) = call(&app, post("/dead/replay", &replay)).await;
+    assert_eq!(
+        (status, body["moved"].as_array().unwrap().len()),
+        (StatusCode::OK, 3),
+        "{body}"
+    );
+    support::wait_ready(&ch, &work, 3, Duration::from_secs(5)).await;
+
+    let (status, body) = call(&app, post("/dead/purge", &json!({"filter": {"reason": "permanent"}}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]["message"].as_str().unwrap().contains("confirm"));
+    let purge = json!({"filter": {"reason": "permanent"}, "confirm": true});
+    let (status, body) = call(&app, post("/dead/purge", &purge)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["purged"].as_array().unwrap().len(), 2);
+    assert_eq!(body["exported"][0]["properties"]["message_id"], permanent[0].as_str());
+    support::wait_ready(&ch, &dead, 1, Duration::from_secs(5)).await;
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn the_routes_need_the_token_and_a_token_off_loopback() {
+    let mut s = support::settings("dead-auth", false);
+    s.ingress.token = Some("s3cret".into());
+    let app = app(&s);
+    let (status, _) = call(&app, get("/dead")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let req = Request::get("/dead/stats")
+        .header(header::AUTHORIZATION, "Bearer wrong")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, req).await.0, StatusCode::UNAUTHORIZED);
+    // With the token, the route runs: no queues for this service yet, so nothing parked.
+    let req = Request::get("/dead")
+        .header(header::AUTHORIZATION, "Bearer s3cret")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = call(&app, req).await;
+    assert_eq!((status, &body["count"]), (StatusCode::OK, &json!(0)), "{body}");
+
+    s.ingress.token = None;
+    s.ingress.listen = "0.0.0.0:8080".parse().unwrap();
+    let (status, body) = call(&self::app(&s), post("/dead/purge", &json!({"confirm": true}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("ingress.token"),
+        "{body}"
+    );
+
+    // Without with_dead_letters there are no /dead routes at all.
+    let plain = router(AppState::new(Arc::new(NoSink), &s.ingress));
+    assert_eq!(call(&plain, get("/dead")).await.0, StatusCode::NOT_FOUND);
+}
