@@ -16,6 +16,12 @@ pub fn parse(url: &str) -> Result<AMQPUri, String> {
     if let Some(host) = host_of(url) {
         uri.authority.host = host;
     }
+    // `amqp://host/` names the empty vhost, which RabbitMQ never has: Go's
+    // amqp091 and Python's pika take it for the default `/`, and so does
+    // warren (the seed's `.env` has `AMQP_URL=amqp://guest:guest@localhost:5672/`).
+    if uri.vhost.is_empty() {
+        uri.vhost = "/".into();
+    }
     Ok(uri)
 }
 
@@ -266,6 +272,14 @@ mod tests {
         );
         assert_eq!(passwords_of("amqp://u:Qz/Kw@h"), [b"Qz/Kw".to_vec()]);
         assert!(passwords_of("amqp://u@h").is_empty() && passwords_of("amqp://h/v@x").is_empty());
+    }
+
+    #[test]
+    fn a_trailing_slash_names_the_default_vhost() {
+        assert_eq!(parse("amqp://guest:guest@localhost:5672/").unwrap().vhost, "/");
+        assert_eq!(parse("amqp://guest:guest@localhost:5672").unwrap().vhost, "/");
+        assert_eq!(parse("amqp://h/%2f").unwrap().vhost, "/");
+        assert_eq!(parse("amqp://h/prod").unwrap().vhost, "prod");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! monitoring/: the alert rules pass `promtool check rules` and their unit
 //! tests (`promtool test rules`), every alert has a case that fires and one
 //! that does not, and every metric the alerts and the Grafana dashboard
-//! query is one that a running `warren run` or RabbitMQ's Prometheus plugin
-//! serves (monitoring/scrape.rs starts one and scrapes both).
+//! query is one that a running `warren run --relay` or RabbitMQ's Prometheus
+//! plugin serves (monitoring/scrape.rs starts one and scrapes both).
 
 mod support;
+
+#[path = "relay/outbox.rs"]
+mod outbox;
 
 #[path = "monitoring/promql.rs"]
 mod promql;

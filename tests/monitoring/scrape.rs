@@ -1,7 +1,8 @@
-//! The metric names served in practice: `warren run --handler webhook`
-//! started on its own queues, one event published through its ingress and
-//! forwarded to a local receiver, then its `/metrics` on `metrics.listen`;
-//! and the RabbitMQ Prometheus plugin's per-queue endpoint.
+//! The metric names served in practice: `warren run --handler webhook
+//! --relay` started on its own queues and outbox table, one event published
+//! through its ingress and forwarded to a local receiver, then its
+//! `/metrics` on `metrics.listen`; and the RabbitMQ Prometheus plugin's
+//! per-queue endpoint.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -10,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::support;
+use super::{outbox, support};
 
 /// The plugin's per-queue families, as the compose Prometheus scrapes them.
 const PLUGIN_PATH: &str = "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count";
@@ -120,11 +121,19 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
 pub(crate) async fn served_metric_names() -> BTreeSet<String> {
     let conn = support::connect().await;
     let s = support::settings("monitoring", false);
+    let outbox = outbox::Scratch::new("monitoring").await;
+    let relay = outbox.settings(s.clone()).relay;
     let (ingress, metrics) = (free_addr(), free_addr());
     let (tx, delivered) = mpsc::channel();
     let backend = receiver(tx);
     let child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["run", "--handler", "webhook"])
+        .args(["run", "--handler", "webhook", "--relay"])
+        .env_remove("DATABASE_URL")
+        .env(
+            "WARREN_RELAY__DATABASE_URL",
+            relay.database_url.as_deref().expect("a database URL"),
+        )
+        .env("WARREN_RELAY__TABLE", &relay.table)
         .env_remove("AMQP_URL")
         .env("WARREN_AMQP__URL", support::amqp_url())
         .env("WARREN_TOPOLOGY__EXCHANGE", &s.topology.exchange)
@@ -153,7 +162,8 @@ pub(crate) async fn served_metric_names() -> BTreeSet<String> {
         served = http(&metrics, "GET", "/metrics", "")
             .map(|(_, b)| names(&b))
             .unwrap_or_default();
-        served.contains("warren_webhook_requests_total")
+        // The relay's gauges come with its first upkeep, a few seconds in.
+        served.contains("warren_webhook_requests_total") && served.contains("warren_relay_oldest_pending_age_seconds")
     });
     drop(warren);
     let (_, plugin) = http(PLUGIN_ADDR, "GET", PLUGIN_PATH, "").unwrap_or_else(|e| {
@@ -162,6 +172,7 @@ pub(crate) async fn served_metric_names() -> BTreeSet<String> {
     let plugin = names(&plugin);
     assert!(plugin.contains("rabbitmq_detailed_queue_messages"), "{plugin:?}");
     support::cleanup(&conn, &warren::Topology::from_settings(&s)).await;
+    outbox.drop_all().await;
     served.extend(plugin);
     served
 }

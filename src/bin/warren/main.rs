@@ -247,39 +247,43 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
             ingress(&settings, shutdown, Readiness::new()).await?;
         }
         Command::Relay(args) => relay::run(&settings, args, shutdown_on_signal()).await?,
-        Command::Run { handler, relay } => {
-            let shutdown = shutdown_on_signal();
-            warren::metrics::install()?;
-            // /readyz of the ingress also reports the consumer (and the relay's database).
-            let readiness = Readiness::new();
-            let consumer = consumer(settings.clone(), handler.handler)
-                .await?
-                .with_readiness(readiness.clone());
-            let relaying = relay
-                .then(|| relay::spawn(&settings, &readiness, shutdown.clone()))
-                .transpose()?;
-            let stop = shutdown.clone();
-            let gauge =
-                warren::dead::watch::watch(settings.clone(), warren::dead::watch::REFRESH_EVERY, shutdown.clone());
-            tokio::spawn(gauge);
-            // Whichever ends first (a signal, or a fatal error) stops the other.
-            let consuming = tokio::spawn(async move {
-                let result = consumer.run(stop.clone()).await;
-                stop.cancel();
-                result
-            });
-            let serving = ingress(&settings, shutdown.clone(), readiness).await;
-            shutdown.cancel();
-            let consumed = consuming.await.context("consumer task")?;
-            if let Some(task) = relaying {
-                task.await.context("relay task")??;
-            }
-            serving?;
-            consumed?;
-        }
+        Command::Run { handler, relay } => run_all(settings, handler.handler, relay).await?,
         Command::Bench(args) => bench::run(&settings, &args, shutdown_on_signal()).await?,
         Command::Dead(args) => dead::run(settings, args, shutdown_on_signal).await?,
     }
+    Ok(())
+}
+
+/// `warren run`: the consumer service and the ingress in one process (and
+/// the outbox relay with `--relay`); whichever ends first stops the others.
+async fn run_all(settings: Settings, handler: HandlerKind, relay: bool) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal();
+    warren::metrics::install()?;
+    // /readyz of the ingress also reports the consumer (and the relay's database).
+    let readiness = Readiness::new();
+    let consumer = consumer(settings.clone(), handler)
+        .await?
+        .with_readiness(readiness.clone());
+    let relaying = relay
+        .then(|| relay::spawn(&settings, &readiness, shutdown.clone()))
+        .transpose()?;
+    let stop = shutdown.clone();
+    let gauge = warren::dead::watch::watch(settings.clone(), warren::dead::watch::REFRESH_EVERY, shutdown.clone());
+    tokio::spawn(gauge);
+    // Whichever ends first (a signal, or a fatal error) stops the other.
+    let consuming = tokio::spawn(async move {
+        let result = consumer.run(stop.clone()).await;
+        stop.cancel();
+        result
+    });
+    let serving = ingress(&settings, shutdown.clone(), readiness).await;
+    shutdown.cancel();
+    let consumed = consuming.await.context("consumer task")?;
+    if let Some(task) = relaying {
+        task.await.context("relay task")??;
+    }
+    serving?;
+    consumed?;
     Ok(())
 }
 
