@@ -349,6 +349,14 @@ fn message_headers() -> Value {
         text("The routing key it was first published with."),
     );
     p.insert(headers::QUEUE.into(), text("The work queue that failed it."));
+    p.insert(
+        headers::DEAD_LETTERED_AT.into(),
+        json!({"type": "string", "format": "date-time", "description": "In `.dead`: when it was parked."}),
+    );
+    p.insert(
+        headers::REPLAYS.into(),
+        int("How many times `warren dead replay` sent it back (capped, default 5)."),
+    );
     json!({"type": "object", "properties": p})
 }
 
