@@ -33,8 +33,20 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// AMQP URI; holds the password, so it is redacted wherever it is shown.
+    /// AMQP URI, or several separated by commas (the nodes of a cluster:
+    /// every (re)connect tries the next); holds passwords, so it is redacted
+    /// wherever it is shown.
     pub url: String,
+    /// Shuffle the nodes of `url` once at start, so that instances spread
+    /// over the cluster; `false` keeps the order written.
+    pub shuffle_urls: bool,
+    /// PEM file of CA certificates trusted for `amqps://` nodes, in addition
+    /// to the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to `amqps://` nodes.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// Connection name shown in the management console (`connection_name`).
     pub connection_name: String,
     /// Heartbeat timeout requested from the broker, in seconds.
@@ -53,6 +65,9 @@ pub struct TopologySettings {
     /// Redeliveries after which a quorum queue dead-letters a message itself
     /// (`x-delivery-limit`): the guard against a consumer that crashes on it.
     pub delivery_limit: u32,
+    /// Replicas of each new quorum queue (`x-quorum-initial-group-size`);
+    /// unset, the broker's default applies (up to three, one per node).
+    pub quorum_initial_group_size: Option<u32>,
 }
 
 /// Queue type of every queue warren declares.
@@ -201,11 +216,16 @@ impl Default for Settings {
                 url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
                 connection_name: "warren".into(),
                 heartbeat: Duration::from_secs(30),
+                shuffle_urls: true,
+                tls_ca_file: None,
+                tls_cert_file: None,
+                tls_key_file: None,
             },
             topology: TopologySettings {
                 exchange: "user.events".into(),
                 queue_type: QueueType::Quorum,
                 delivery_limit: 10,
+                quorum_initial_group_size: None,
             },
             publisher: PublisherSettings {
                 confirm_timeout: Duration::from_secs(10),
@@ -364,6 +384,16 @@ impl Settings {
             return Err(ConfigError::Invalid("consumer.retry.delays must be above zero".into()));
         }
         crate::uri::check_url(&self.amqp.url).map_err(|e| ConfigError::Invalid(format!("amqp.url: {e}")))?;
+        if self.amqp.tls_cert_file.is_some() != self.amqp.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "amqp.tls_cert_file and amqp.tls_key_file go together: set both or neither".into(),
+            ));
+        }
+        if self.topology.quorum_initial_group_size == Some(0) {
+            return Err(ConfigError::Invalid(
+                "topology.quorum_initial_group_size must be at least 1 (or unset)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -390,7 +420,16 @@ impl Settings {
         let value = serde_json::to_value(Settings::default()).expect("settings serialize");
         collect_keys("", &value, &mut out);
         // Optional settings are absent from the serialized defaults.
-        for k in ["ingress.token", "webhook.url", "webhook.secret", "metrics.listen"] {
+        for k in [
+            "ingress.token",
+            "webhook.url",
+            "webhook.secret",
+            "metrics.listen",
+            "amqp.tls_ca_file",
+            "amqp.tls_cert_file",
+            "amqp.tls_key_file",
+            "topology.quorum_initial_group_size",
+        ] {
             out.insert(k.to_owned());
         }
         out
@@ -616,6 +655,37 @@ mod tests {
     }
 
     #[test]
+    fn a_list_of_nodes_stays_one_string_and_tls_files_go_together() {
+        let list = "amqp://u:p@127.0.0.1:5999,amqp://u:p@127.0.0.1:5672";
+        let s = load(&[
+            ("WARREN_AMQP__URL", list),
+            ("WARREN_AMQP__SHUFFLE_URLS", "false"),
+            ("WARREN_TOPOLOGY__QUORUM_INITIAL_GROUP_SIZE", "3"),
+        ])
+        .settings;
+        assert_eq!(s.amqp.url, list);
+        assert!(!s.amqp.shuffle_urls);
+        assert_eq!(s.topology.quorum_initial_group_size, Some(3));
+        let dir = std::env::temp_dir();
+        let refused = |env: &[(&str, &str)]| {
+            let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            Settings::load(&Sources {
+                file: None,
+                dir: dir.clone(),
+                env,
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        let err = refused(&[("WARREN_AMQP__TLS_CERT_FILE", "/etc/warren/client.pem")]);
+        assert!(err.contains("amqp.tls_key_file"), "{err}");
+        let err = refused(&[("WARREN_TOPOLOGY__QUORUM_INITIAL_GROUP_SIZE", "0")]);
+        assert!(err.contains("quorum_initial_group_size"), "{err}");
+        let err = refused(&[("WARREN_AMQP__URL", "amqp://u:secret@a:1/x,amqp://u:secret@b:2/y")]);
+        assert!(err.contains("virtual hosts") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
     fn unknown_warren_variable_is_a_warning_naming_it() {
         let loaded = load(&[("WARREN_CONSUMER__PREFECH", "3")]);
         assert_eq!(loaded.warnings.len(), 1);
@@ -693,11 +763,11 @@ mod tests {
     #[test]
     fn redacted_output_hides_secrets() {
         let mut s = Settings::default();
-        s.amqp.url = "amqp://admin:s3cret@broker:5672/%2f".into();
+        s.amqp.url = "amqp://admin:s3cret@broker:5672/%2f,amqp://admin:s3cret2@broker-2:5672/%2f".into();
         s.ingress.token = Some("tok3n".into());
         s.webhook.secret = Some("whsec_abc".into());
         let out = s.redacted_toml();
-        for secret in ["s3cret", "tok3n", "whsec_abc"] {
+        for secret in ["s3cret", "s3cret2", "tok3n", "whsec_abc"] {
             assert!(!out.contains(secret), "{secret} leaked in\n{out}");
         }
         assert!(out.contains("amqp://admin:***@broker:5672/%2f"));

@@ -69,8 +69,9 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                     .map_or(n, |(_, owner)| (*owner).to_owned())
             })
             .filter(|n| *n != module && layer_of(n).is_some())
-            .collect();
-        graph.insert(module, uses);
+            .collect::<BTreeSet<_>>();
+        // `amqp.rs` and its submodules in `amqp/` are one module.
+        graph.entry(module).or_insert_with(BTreeSet::new).extend(uses);
     }
     graph
 }

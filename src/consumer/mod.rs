@@ -50,7 +50,7 @@ use policy::RetryPolicy;
 use route::{Route, Typed, route_for};
 use worker::WorkerLost;
 
-use crate::amqp::{self, Backoff, ConnectOptions};
+use crate::amqp::{self, Backoff, ConnectError, ConnectOptions};
 use crate::config::Settings;
 use crate::event::Event;
 use crate::publisher::Publisher;
@@ -65,19 +65,27 @@ pub enum ConsumerError {
     /// `run` was called without any handler.
     #[error("no handlers registered: call .on::<Event>(handler) first")]
     NoHandlers,
+    /// TLS to the broker is set up wrong (CA, host name, client certificate)
+    /// at start: reported, not retried.
+    #[error(transparent)]
+    Tls(ConnectError),
 }
 
 /// A consumer service: one work queue per registered event type.
 pub struct Consumer {
     settings: Settings,
     routes: Vec<(Arc<dyn Route>, Limits)>,
+    /// Made once: its reconnects go round the nodes of `amqp.url`.
+    connect: ConnectOptions,
 }
 
 impl Consumer {
     /// A consumer with no handlers yet.
     #[must_use]
     pub fn new(settings: Settings) -> Self {
+        let role = format!("consumer {}", settings.consumer.service);
         Self {
+            connect: ConnectOptions::new(&settings.amqp, &role),
             settings,
             routes: Vec::new(),
         }
@@ -139,19 +147,22 @@ impl Consumer {
     /// # Errors
     ///
     /// [`ConsumerError::Topology`] when the broker's queues do not match the
-    /// settings; [`ConsumerError::NoHandlers`].
+    /// settings; [`ConsumerError::Tls`] when no node can be reached over TLS
+    /// at start; [`ConsumerError::NoHandlers`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         if self.routes.is_empty() {
             return Err(ConsumerError::NoHandlers);
         }
         let topology = Arc::new(self.topology());
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        let mut started = false;
         loop {
-            match self.session(&topology, &shutdown).await {
+            match self.session(&topology, &shutdown, started).await {
                 Ok(()) => return Ok(()),
                 Err(SessionError::Fatal(e)) => return Err(e),
                 Err(SessionError::Lost { reason, connected }) => {
                     if connected {
+                        started = true;
                         backoff.reset();
                     }
                     metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
@@ -170,9 +181,15 @@ impl Consumer {
     }
 
     /// One connection's life: connect and declare, run a worker per queue
-    /// until `shutdown` or until one of them loses its channel.
-    async fn session(&self, topology: &Arc<Topology>, shutdown: &CancellationToken) -> Result<(), SessionError> {
-        let (conn, republisher) = self.connect(topology).await?;
+    /// until `shutdown` or until one of them loses its channel. `started`:
+    /// an earlier session consumed (a TLS failure is then retried).
+    async fn session(
+        &self,
+        topology: &Arc<Topology>,
+        shutdown: &CancellationToken,
+        started: bool,
+    ) -> Result<(), SessionError> {
+        let (conn, republisher) = self.connect(topology, started).await?;
         metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(1.0);
         info!(
             service = self.settings.consumer.service,
@@ -194,10 +211,13 @@ impl Consumer {
 
     /// Connects, declares the topology and opens the republisher (for
     /// retries and dead letters) on the same connection.
-    async fn connect(&self, topology: &Topology) -> Result<(Arc<Connection>, Publisher), SessionError> {
+    async fn connect(&self, topology: &Topology, started: bool) -> Result<(Arc<Connection>, Publisher), SessionError> {
         let s = &self.settings;
-        let opts = ConnectOptions::new(&s.amqp, &format!("consumer {}", s.consumer.service));
-        let conn = Arc::new(amqp::connect(&opts).await.map_err(SessionError::setup)?);
+        let conn = match amqp::connect(&self.connect).await {
+            Ok(conn) => Arc::new(conn),
+            Err(e @ ConnectError::Tls { .. }) if !started => return Err(SessionError::Fatal(ConsumerError::Tls(e))),
+            Err(e) => return Err(SessionError::setup(e)),
+        };
         let setup = conn
             .create_channel()
             .await
