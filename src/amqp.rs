@@ -104,7 +104,9 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> 
         return Err(tls_error(reason));
     }
     let reason = if opts.nodes.len() == 1 {
-        failures.pop().and_then(|f| f.split_once(": ").map(|(_, r)| r.to_owned()))
+        failures
+            .pop()
+            .and_then(|f| f.split_once(": ").map(|(_, r)| r.to_owned()))
     } else {
         Some(failures.join("; "))
     };

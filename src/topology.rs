@@ -446,7 +446,11 @@ mod tests {
     #[test]
     fn dead_queues_never_drop_and_nothing_else_is_set_on_them() {
         let t = topo();
-        let q = t.queues().into_iter().find(|q| q.name == "warren.user.login.dead").unwrap();
+        let q = t
+            .queues()
+            .into_iter()
+            .find(|q| q.name == "warren.user.login.dead")
+            .unwrap();
         assert_eq!(q.arguments["x-delivery-limit"], Arg::Int(2_147_483_647));
         assert_eq!(q.arguments.len(), 2, "{:?}", q.arguments);
     }

@@ -65,7 +65,10 @@ fn settings(prefix: &str, cluster: &Cluster, nodes: &[usize]) -> Settings {
 
 /// Fails an event's first attempt (user_id ending in 1) or first two
 /// (ending in 2), transiently; records the rest as handled.
-fn flaky(handled: &Handled) -> impl Fn(Envelope<UserRegistered>, Context) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static {
+fn flaky(
+    handled: &Handled,
+) -> impl Fn(Envelope<UserRegistered>, Context) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static
+{
     let handled = handled.clone();
     move |e, ctx| {
         std::future::ready(match (e.user_id % 10, ctx.attempt) {
@@ -97,7 +100,13 @@ type Fault = Box<dyn FnOnce(&'static Cluster) -> Vec<Instant> + Send>;
 /// Runs one scenario and returns its row: queues declared through
 /// `placement.leaders_on`, consumer and publisher on their node lists,
 /// `fault` run (on a blocking thread) once a third of the events are sent.
-async fn scenario(name: &'static str, prefix: &str, placement: Placement, rate: f64, fault: Fault) -> (Report, Settings) {
+async fn scenario(
+    name: &'static str,
+    prefix: &str,
+    placement: Placement,
+    rate: f64,
+    fault: Fault,
+) -> (Report, Settings) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -126,9 +135,12 @@ async fn scenario(name: &'static str, prefix: &str, placement: Placement, rate: 
     let token = CancellationToken::new();
     let t = token.clone();
     let consuming = tokio::spawn(async move { consumer.run(t).await.expect("consumer") });
-    let publisher = Publisher::connect(&publisher_s, &format!("faults-publisher {}", consumer_s.consumer.service))
-        .await
-        .expect("publisher connects");
+    let publisher = Publisher::connect(
+        &publisher_s,
+        &format!("faults-publisher {}", consumer_s.consumer.service),
+    )
+    .await
+    .expect("publisher connects");
     let sent = Arc::new(AtomicUsize::new(0));
     let plan = Plan {
         tasks: TASKS,
@@ -335,8 +347,14 @@ async fn rolling_restart_of_every_node() {
 fn wait_for_every_replica(cluster: &Cluster, restarted: usize) {
     let node = cluster.node_name(restarted);
     for _ in 0..120 {
-        let listing = cluster.ctl(restarted, &["-q", "list_queues", "name", "online", "--no-table-headers"]);
-        let lagging = listing.lines().filter(|l| !l.contains(&node) && l.contains("t-c-")).count();
+        let listing = cluster.ctl(
+            restarted,
+            &["-q", "list_queues", "name", "online", "--no-table-headers"],
+        );
+        let lagging = listing
+            .lines()
+            .filter(|l| !l.contains(&node) && l.contains("t-c-"))
+            .count();
         if lagging == 0 {
             return;
         }

@@ -103,7 +103,10 @@ mod tests {
             ..TlsFiles::default()
         };
         let err = files.load().unwrap_err();
-        assert!(err.contains("amqp.tls_ca_file") && err.contains("/nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.contains("amqp.tls_ca_file") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
         let not_pem = TlsFiles {
             ca: Some(temp("ca.pem", "hello")),
             ..TlsFiles::default()
@@ -130,7 +133,11 @@ mod tests {
     fn handshake_failures_are_explained() {
         let unknown = explain("invalid peer certificate: UnknownIssuer").unwrap();
         assert!(unknown.contains("amqp.tls_ca_file"), "{unknown}");
-        assert!(explain("invalid peer certificate: NotValidForName").unwrap().contains("host name"));
+        assert!(
+            explain("invalid peer certificate: NotValidForName")
+                .unwrap()
+                .contains("host name")
+        );
         assert_eq!(explain("Connection refused (os error 111)"), None);
     }
 }

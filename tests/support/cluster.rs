@@ -39,9 +39,7 @@ impl Cluster {
                 .unwrap_or(5701);
             let lock = format!("/tmp/warren-cluster-{base}.tests.lock");
             let exclusive = File::create(&lock).unwrap_or_else(|e| panic!("{lock}: {e}"));
-            exclusive
-                .lock()
-                .unwrap_or_else(|e| panic!("locking {lock}: {e}"));
+            exclusive.lock().unwrap_or_else(|e| panic!("locking {lock}: {e}"));
             let cluster = Cluster {
                 base,
                 _exclusive: exclusive,

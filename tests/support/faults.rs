@@ -212,16 +212,16 @@ impl Report {
                 .min()
                 .map(|handled_at| handled_at.saturating_duration_since(*fault))
         });
-        self.resume = per_fault.collect::<Option<Vec<_>>>().and_then(|all| all.into_iter().max());
+        self.resume = per_fault
+            .collect::<Option<Vec<_>>>()
+            .and_then(|all| all.into_iter().max());
         self
     }
 
     /// Prints the row (collected by scripts/reliability-table) and asserts
     /// nothing confirmed was lost and duplicates stay within `dup_bound`.
     pub fn check(&self, dup_bound: usize) {
-        let retrying = self
-            .retrying_at_fault
-            .map_or_else(|| "-".to_owned(), |n| n.to_string());
+        let retrying = self.retrying_at_fault.map_or_else(|| "-".to_owned(), |n| n.to_string());
         let secs = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
         println!(
             "RELIABILITY|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
