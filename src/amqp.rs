@@ -1,13 +1,26 @@
-//! Connecting to RabbitMQ: URI handling (and redaction), named connections,
-//! heartbeats, and the backoff between attempts.
+//! Connecting to RabbitMQ: URI handling (and redaction), the nodes of a
+//! cluster tried in turn, TLS, named connections, heartbeats, and the
+//! backoff between attempts.
 
+mod nodes;
+mod tls;
+
+use std::sync::Arc;
 use std::time::Duration;
 
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::config::AmqpSettings;
 pub use crate::uri::{check_url, redact_url, vhost_of};
 use crate::{refusal, uri};
+use nodes::Nodes;
+use tls::TlsFiles;
+
+/// How long one node may take to accept a connection (TCP, TLS and the AMQP
+/// handshake) when its URI sets no `connection_timeout`: a silent node must
+/// not hold up the others.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection that could not be made. Its message never contains the password.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +29,10 @@ pub enum ConnectError {
     InvalidUrl { url: String, reason: String },
     #[error("cannot connect to RabbitMQ at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// TLS is set up wrong (CA, host name, client certificate, files):
+    /// retrying will not help.
+    #[error("TLS to RabbitMQ at {url}: {reason}")]
+    Tls { url: String, reason: String },
     /// The broker answered and refused: a wrong login, a vhost that does
     /// not exist, a user without access to it. Waiting does not fix these.
     #[error("RabbitMQ at {url} refused user {user:?} on vhost {vhost:?}: {reason}")]
@@ -37,13 +54,19 @@ impl ConnectError {
     }
 }
 
-/// Options of one connection. Its `Debug` output hides the password.
+/// Options of one connection. Its reconnects share them: each starts with
+/// the node after the one last connected to. Its `Debug` output hides the
+/// passwords.
 #[derive(Clone)]
 pub struct ConnectOptions {
+    /// `amqp.url`: one URI or several, comma-separated.
     pub url: String,
-    /// Shown in the management console's connection list.
+    /// Shown in the management console's connection list, followed by the
+    /// node connected to.
     pub name: String,
     pub heartbeat: Duration,
+    nodes: Arc<Nodes>,
+    tls: TlsFiles,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -52,57 +75,122 @@ impl std::fmt::Debug for ConnectOptions {
             .field("url", &redact_url(&self.url))
             .field("name", &self.name)
             .field("heartbeat", &self.heartbeat)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl ConnectOptions {
     /// The options of one connection of warren's, doing `role` (`publish`,
     /// `consumer go-backend`, …): the console shows it as
-    /// `<amqp.connection_name> <role>`.
+    /// `<amqp.connection_name> <role> @ <host>:<port>`. The nodes of
+    /// `amqp.url` are shuffled here when `amqp.shuffle_urls` is set.
     #[must_use]
     pub fn new(amqp: &AmqpSettings, role: &str) -> Self {
         Self {
             url: amqp.url.clone(),
             name: format!("{} {role}", amqp.connection_name),
             heartbeat: amqp.heartbeat,
+            nodes: Arc::new(Nodes::new(&amqp.url, amqp.shuffle_urls)),
+            tls: TlsFiles::new(amqp),
         }
     }
 }
 
-/// Opens a named connection with heartbeats.
+/// Opens a named connection with heartbeats to the first node that takes
+/// it, trying each node of `amqp.url` once, starting after the node last
+/// connected to.
 ///
 /// # Errors
 ///
-/// [`ConnectError`] with the URL redacted.
+/// [`ConnectError`] with the URLs redacted: `Refused` as soon as a node
+/// refuses the login or the vhost (the nodes of a cluster share their
+/// users), `Tls` when TLS failed on a node and no node took the connection,
+/// `Unreachable` naming each node's failure.
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ConnectError> {
-    let mut uri = uri::parse(&opts.url).map_err(|reason| ConnectError::InvalidUrl {
+    let tls_error = |reason| ConnectError::Tls {
         url: redact_url(&opts.url),
         reason,
-    })?;
+    };
+    let tls = opts.tls.load().map_err(tls_error)?;
+    let mut failures = Vec::new();
+    let mut tls_failure = None;
+    for (index, url) in opts.nodes.round() {
+        match connect_node(opts, url, &tls).await {
+            Ok(conn) => {
+                opts.nodes.connected(index);
+                return Ok(conn);
+            }
+            Err(NodeError::InvalidUrl(reason)) => {
+                return Err(ConnectError::InvalidUrl {
+                    url: redact_url(url),
+                    reason,
+                });
+            }
+            Err(NodeError::Refused { user, vhost, reason }) => {
+                return Err(ConnectError::Refused {
+                    url: redact_url(url),
+                    user,
+                    vhost,
+                    reason: reason.to_owned(),
+                });
+            }
+            Err(NodeError::Tls(reason)) => {
+                tls_failure.get_or_insert_with(|| format!("{}: {reason}", uri::node_of(url)));
+            }
+            Err(NodeError::Failed(reason)) => failures.push(format!("{}: {reason}", uri::node_of(url))),
+        }
+    }
+    if let Some(reason) = tls_failure {
+        return Err(tls_error(reason));
+    }
+    let reason = if opts.nodes.len() == 1 {
+        failures
+            .pop()
+            .and_then(|f| f.split_once(": ").map(|(_, r)| r.to_owned()))
+    } else {
+        Some(failures.join("; "))
+    };
+    Err(ConnectError::Unreachable {
+        url: redact_url(&opts.url),
+        reason: reason.unwrap_or_default(),
+    })
+}
+
+enum NodeError {
+    InvalidUrl(String),
+    Refused {
+        user: String,
+        vhost: String,
+        reason: &'static str,
+    },
+    Tls(String),
+    Failed(String),
+}
+
+/// One attempt on one node, within its connection timeout.
+async fn connect_node(opts: &ConnectOptions, url: &str, tls: &OwnedTLSConfig) -> Result<Connection, NodeError> {
+    let mut uri = uri::parse(url).map_err(NodeError::InvalidUrl)?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(u16::try_from(opts.heartbeat.as_secs()).unwrap_or(u16::MAX));
     }
-    if uri.query.connection_timeout.is_none() {
-        uri.query.connection_timeout = Some(10_000);
-    }
+    // lapin's async connect ignores `connection_timeout`: it is applied here.
+    let limit = uri.query.connection_timeout.map_or(NODE_TIMEOUT, Duration::from_millis);
     let (user, vhost) = (uri.authority.userinfo.username.clone(), uri.vhost.clone());
-    let props = ConnectionProperties::default().with_connection_name(opts.name.as_str().into());
-    Connection::connect_uri(uri, props).await.map_err(|e| {
-        let url = redact_url(&opts.url);
-        match refused_because(&e) {
-            Some(reason) => ConnectError::Refused {
-                url,
-                user,
-                vhost: if vhost.is_empty() { "/".to_owned() } else { vhost },
-                reason: reason.to_owned(),
-            },
-            None => ConnectError::Unreachable {
-                url,
-                reason: describe(&e),
-            },
+    let name = format!("{} @ {}", opts.name, uri::node_of(url));
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime().map_err(|e| NodeError::Failed(describe(&e)))?;
+    let attempt = Connection::connect_uri_with_config(uri, props, tls.clone(), runtime);
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => {
+            if let Some(reason) = refused_because(&e) {
+                return Err(NodeError::Refused { user, vhost, reason });
+            }
+            let reason = describe(&e);
+            Err(tls::explain(&reason).map_or(NodeError::Failed(reason), NodeError::Tls))
         }
-    })
+        Err(_) => Err(NodeError::Failed(format!("no answer within {limit:?}"))),
+    }
 }
 
 /// Why the broker refused a connection it answered, when it did: a login

@@ -8,7 +8,12 @@
 //! | events exchange | `user.events` | topic, durable |
 //! | work queue | `S.T` | bound with key `T`; dead-letters to `S.T.dead`; `x-delivery-limit` (quorum) |
 //! | retry tier | `S.T.retry.<delay>` | `x-message-ttl`; dead-letters back to `S.T` through the default exchange |
-//! | dead letters | `S.T.dead` | a parking lot nothing consumes |
+//! | dead letters | `S.T.dead` | a parking lot nothing consumes; never drops (quorum) |
+//!
+//! Quorum work queues and tiers dead-letter at-least-once
+//! (`x-dead-letter-strategy`, which needs `x-overflow: reject-publish`):
+//! RabbitMQ's default for quorum queues, at-most-once, drops a dead letter
+//! whose target queue has no leader at that moment.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +25,15 @@ use serde_json::json;
 
 use crate::config::{QueueType, Settings};
 use crate::refusal::{NOT_FOUND, Permission, Refusal, reply};
+
+/// `x-delivery-limit` of quorum `.dead` queues: in effect none. A `.dead`
+/// queue has nowhere to dead-letter to, so a message past its limit would
+/// be dropped, and browsing it in the console (get, requeue) counts as a
+/// delivery. Without the argument RabbitMQ 4.x applies a limit of 20;
+/// 3.10 has none but reads -1 and 0 as "drop at the first requeue"
+/// (tests/cluster_topology.rs shows it); 4.x reads -1 as "no limit". The
+/// largest value both accept is the one limit that is safe on both.
+pub const DEAD_DELIVERY_LIMIT: i64 = i32::MAX as i64;
 
 /// A queue argument value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +71,8 @@ pub struct Topology {
     pub retry_delays: Vec<Duration>,
     /// `x-delivery-limit` of quorum work queues.
     pub delivery_limit: u32,
+    /// `x-quorum-initial-group-size` of quorum queues; `None`: the broker's default.
+    pub quorum_initial_group_size: Option<u32>,
     /// Virtual host, for the definitions export.
     pub vhost: String,
 }
@@ -66,7 +82,7 @@ pub struct Topology {
 pub enum TopologyError {
     /// The broker has the object with other arguments (PRECONDITION_FAILED).
     #[error(
-        "{kind} {name:?} already exists with a different {argument}: {detail}. Delete it (losing its messages) or configure warren to match"
+        "{kind} {name:?} already exists with a different {argument}: {detail}. Configure warren to match, or move to new queues (docs/CLUSTER.md, \"Migrating existing queues\"); deleting it loses its messages"
     )]
     Mismatch {
         kind: &'static str,
@@ -110,6 +126,7 @@ impl Topology {
             queue_type: s.topology.queue_type,
             retry_delays: s.consumer.retry.tiers(),
             delivery_limit: s.topology.delivery_limit,
+            quorum_initial_group_size: s.topology.quorum_initial_group_size,
             vhost: crate::uri::vhost_of(&s.amqp.url),
         }
     }
@@ -143,9 +160,7 @@ impl Topology {
         let mut out = Vec::new();
         for t in &self.event_types {
             let work = self.work_queue(t);
-            let mut args = self.base_args();
-            args.insert("x-dead-letter-exchange", Arg::Str(String::new()));
-            args.insert("x-dead-letter-routing-key", Arg::Str(self.dead_queue(t)));
+            let mut args = self.dead_lettering_args(&self.dead_queue(t));
             if self.queue_type == QueueType::Quorum {
                 args.insert("x-delivery-limit", Arg::Int(i64::from(self.delivery_limit)));
             }
@@ -154,26 +169,47 @@ impl Topology {
                 arguments: args,
             });
             for (tier, delay) in self.retry_delays.iter().enumerate() {
-                let mut args = self.base_args();
+                let mut args = self.dead_lettering_args(&work);
                 args.insert(
                     "x-message-ttl",
                     Arg::Int(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
                 );
-                args.insert("x-dead-letter-exchange", Arg::Str(String::new()));
-                args.insert("x-dead-letter-routing-key", Arg::Str(work.clone()));
                 let name = self.retry_queue(t, tier).expect("tier in range");
                 out.push(QueueSpec { name, arguments: args });
             }
+            let mut args = self.base_args();
+            if self.queue_type == QueueType::Quorum {
+                args.insert("x-delivery-limit", Arg::Int(DEAD_DELIVERY_LIMIT));
+            }
             out.push(QueueSpec {
                 name: self.dead_queue(t),
-                arguments: self.base_args(),
+                arguments: args,
             });
         }
         out
     }
 
     fn base_args(&self) -> BTreeMap<&'static str, Arg> {
-        BTreeMap::from([("x-queue-type", Arg::Str(self.queue_type.as_str().to_owned()))])
+        let mut args = BTreeMap::from([("x-queue-type", Arg::Str(self.queue_type.as_str().to_owned()))]);
+        if self.queue_type == QueueType::Quorum
+            && let Some(size) = self.quorum_initial_group_size
+        {
+            args.insert("x-quorum-initial-group-size", Arg::Int(i64::from(size)));
+        }
+        args
+    }
+
+    /// Arguments of a queue that dead-letters to queue `target` through the
+    /// default exchange; at-least-once when quorum.
+    fn dead_lettering_args(&self, target: &str) -> BTreeMap<&'static str, Arg> {
+        let mut args = self.base_args();
+        args.insert("x-dead-letter-exchange", Arg::Str(String::new()));
+        args.insert("x-dead-letter-routing-key", Arg::Str(target.to_owned()));
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-dead-letter-strategy", Arg::Str("at-least-once".into()));
+            args.insert("x-overflow", Arg::Str("reject-publish".into()));
+        }
+        args
     }
 
     /// Work queues bound to the exchange, one key each.
@@ -492,6 +528,73 @@ mod tests {
         assert!(
             !q.arguments.contains_key("x-delivery-limit"),
             "classic queues have no delivery limit"
+        );
+    }
+
+    #[test]
+    fn quorum_work_queues_and_tiers_dead_letter_at_least_once() {
+        let t = topo();
+        for name in ["warren.user.login", "warren.user.login.retry.10s"] {
+            let q = t.queues().into_iter().find(|q| q.name == name).unwrap();
+            assert_eq!(
+                q.arguments["x-dead-letter-strategy"],
+                Arg::Str("at-least-once".into()),
+                "{name}"
+            );
+            assert_eq!(q.arguments["x-overflow"], Arg::Str("reject-publish".into()), "{name}");
+        }
+        let classic = Topology {
+            queue_type: QueueType::Classic,
+            ..t
+        };
+        assert!(
+            classic
+                .queues()
+                .iter()
+                .all(|q| !q.arguments.contains_key("x-dead-letter-strategy")),
+            "a quorum-only argument"
+        );
+    }
+
+    #[test]
+    fn dead_queues_never_drop_and_nothing_else_is_set_on_them() {
+        let t = topo();
+        let q = t
+            .queues()
+            .into_iter()
+            .find(|q| q.name == "warren.user.login.dead")
+            .unwrap();
+        assert_eq!(q.arguments["x-delivery-limit"], Arg::Int(2_147_483_647));
+        assert_eq!(q.arguments.len(), 2, "{:?}", q.arguments);
+    }
+
+    #[test]
+    fn the_initial_group_size_is_the_brokers_unless_set() {
+        let t = topo();
+        assert!(
+            t.queues()
+                .iter()
+                .all(|q| !q.arguments.contains_key("x-quorum-initial-group-size"))
+        );
+        let three = Topology {
+            quorum_initial_group_size: Some(3),
+            ..t.clone()
+        };
+        assert!(
+            three
+                .queues()
+                .iter()
+                .all(|q| q.arguments.get("x-quorum-initial-group-size") == Some(&Arg::Int(3)))
+        );
+        let classic = Topology {
+            queue_type: QueueType::Classic,
+            ..three
+        };
+        assert!(
+            classic
+                .queues()
+                .iter()
+                .all(|q| !q.arguments.contains_key("x-quorum-initial-group-size"))
         );
     }
 

@@ -1,5 +1,7 @@
 //! AMQP URIs: parsing (IP-literal hosts kept), checking, the virtual host,
-//! and redaction of the password wherever a URI is shown.
+//! and redaction of the password wherever a URI is shown. A setting may list
+//! several URIs separated by commas (the nodes of a cluster): checking,
+//! redaction, the passwords and the virtual host take the whole list.
 
 use lapin::uri::AMQPUri;
 
@@ -63,21 +65,68 @@ fn host_of(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
-/// Checks that `url` is a usable AMQP URI.
+/// The URIs of a comma-separated list, trimmed, empty entries left out.
+#[must_use]
+pub fn split_list(urls: &str) -> Vec<&str> {
+    urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+/// `host:port` of a URI (the port its scheme implies when it has none), to
+/// name the node a connection goes to; never the credentials.
+#[must_use]
+pub fn node_of(url: &str) -> String {
+    match parse(url) {
+        Ok(u) if u.authority.host.contains(':') => format!("[{}]:{}", u.authority.host, u.authority.port),
+        Ok(u) => format!("{}:{}", u.authority.host, u.authority.port),
+        Err(_) => "?".to_owned(),
+    }
+}
+
+/// Checks that `urls` is one usable AMQP URI or a comma-separated list of
+/// them, all naming the same virtual host (the nodes of one cluster).
 ///
 /// # Errors
 ///
 /// What is wrong with it, without the password.
-pub fn check_url(url: &str) -> Result<(), String> {
-    parse(url).map(|_| ())
+pub fn check_url(urls: &str) -> Result<(), String> {
+    let list = split_list(urls);
+    if list.is_empty() {
+        return Err("no AMQP URI given".into());
+    }
+    let mut vhosts = Vec::new();
+    for (i, url) in list.iter().enumerate() {
+        let uri = parse(url).map_err(|e| {
+            if list.len() == 1 {
+                e
+            } else {
+                format!("URI {} of {} ({}): {e}", i + 1, list.len(), redact_one(url))
+            }
+        })?;
+        vhosts.push(uri.vhost);
+    }
+    if vhosts.iter().any(|v| *v != vhosts[0]) {
+        return Err(format!(
+            "the URIs name different virtual hosts ({}): the nodes of one cluster share the vhost warren uses",
+            vhosts.join(", ")
+        ));
+    }
+    Ok(())
 }
 
-/// The URL with its password replaced by `***`, safe to log or print.
+/// The URL (or each URL of a comma-separated list) with its password
+/// replaced by `***`, safe to log or print.
 ///
 /// The user name and password end at the last `@`, not at the first `/`: a
 /// password holding an unencoded `/` is still hidden.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') && url.matches("://").count() > 1 {
+        return url.split(',').map(redact_one).collect::<Vec<_>>().join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -90,11 +139,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The password in a URL's user info, as written and (when different)
-/// percent-decoded; none without one. Like [`redact_url`], the user info
-/// ends at the last `@`.
+/// The password in a URL's user info (in each URL of a comma-separated
+/// list), as written and (when different) percent-decoded; none without
+/// one. Like [`redact_url`], the user info ends at the last `@`.
 #[must_use]
 pub fn passwords_of(url: &str) -> Vec<Vec<u8>> {
+    if url.contains(',') && url.matches("://").count() > 1 {
+        return url.split(',').flat_map(passwords_of).collect();
+    }
     let password = url
         .split_once("://")
         .and_then(|(_, rest)| rest.rsplit_once('@'))
@@ -197,10 +249,12 @@ pub fn database_passwords_of(url: &str) -> Vec<Vec<u8>> {
     out
 }
 
-/// The virtual host a URL names (`/` for `%2f` or none).
+/// The virtual host a URL (or the first of a list) names (`/` for `%2f`,
+/// a bare `/` or none).
 #[must_use]
 pub fn vhost_of(url: &str) -> String {
-    url.parse::<AMQPUri>().map_or_else(
+    let first = split_list(url).first().copied().unwrap_or(url);
+    first.parse::<AMQPUri>().map_or_else(
         |_| "/".to_owned(),
         |u| {
             if u.vhost.is_empty() { "/".to_owned() } else { u.vhost }
@@ -211,6 +265,40 @@ pub fn vhost_of(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_is_redacted_checked_and_named_node_by_node() {
+        let list = "amqp://u:pw1@10.0.0.1:5672/%2f, amqps://u:pw2@rabbit-2/%2f";
+        let shown = redact_url(list);
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+        assert_eq!(shown, "amqp://u:***@10.0.0.1:5672/%2f, amqps://u:***@rabbit-2/%2f");
+        assert_eq!(split_list(list).len(), 2);
+        assert_eq!(split_list("amqp://a,,"), ["amqp://a"]);
+        check_url(list).unwrap();
+        assert_eq!(vhost_of(list), "/");
+        assert_eq!(node_of(split_list(list)[0]), "10.0.0.1:5672");
+        assert_eq!(node_of(split_list(list)[1]), "rabbit-2:5671");
+        assert_eq!(node_of("amqp://[::1]:5701"), "[::1]:5701");
+    }
+
+    #[test]
+    fn a_bad_list_says_which_uri_without_passwords() {
+        let err = check_url("amqp://u:pw1@h1:5672/%2f,amqp://u:pw2@h2:nope/%2f").unwrap_err();
+        assert!(err.contains("URI 2 of 2") && err.contains("h2"), "{err}");
+        assert!(!err.contains("pw1") && !err.contains("pw2"), "{err}");
+        let err = check_url("amqp://h1/a,amqp://h2/b").unwrap_err();
+        assert!(err.contains("different virtual hosts"), "{err}");
+        assert!(check_url(" , ").is_err());
+    }
+
+    #[test]
+    fn the_passwords_of_a_list_are_each_nodes() {
+        let list = "amqp://u:pw1@h1/%2f,amqp://u:p%2Fw2@h2/%2f";
+        assert_eq!(
+            passwords_of(list),
+            [b"pw1".to_vec(), b"p%2Fw2".to_vec(), b"p/w2".to_vec()]
+        );
+    }
 
     #[test]
     fn database_urls_are_redacted_in_both_forms() {

@@ -32,7 +32,7 @@ fn bench_with(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// The names of the broker's queues made by `warren bench`.
 fn bench_queues() -> BTreeSet<String> {
-    support::faults::rabbitmqctl(&["-q", "list_queues", "name", "--no-table-headers"])
+    support::rabbitmqctl(&["-q", "list_queues", "name", "--no-table-headers"])
         .lines()
         .map(str::trim)
         .filter(|n| n.starts_with("warren-bench-"))

@@ -1,5 +1,7 @@
 //! Fault injection: N events published while something breaks; every event
-//! the producer saw confirmed must be handled at least once.
+//! the producer saw confirmed must be handled at least once. The connection
+//! faults are made on node 1 of the test cluster (`support::cluster`), never
+//! on the broker at 127.0.0.1:5672.
 //!
 //! Each test prints a `RELIABILITY|…` row; `scripts/reliability-table`
 //! collects them into docs/RELIABILITY.md.
@@ -8,13 +10,14 @@ mod support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use support::faults::{self, Handled, N, Report};
+use support::cluster::Cluster;
+use support::faults::{self, Handled, N, Plan, Report};
+use support::management;
 use support::proxy::Proxy;
 use tokio_util::sync::CancellationToken;
 use warren::consumer::{Consumer, Context, HandlerError};
@@ -23,17 +26,20 @@ use warren::{Envelope, Publisher, Settings, UserRegistered};
 /// Publisher tasks × batch: the most publishes in flight at once.
 const TASKS: usize = 4;
 const BATCH: usize = 100;
+const PLAN: Plan = Plan {
+    tasks: TASKS,
+    batch: BATCH,
+    rate: None,
+};
 
 fn events() -> Vec<Envelope<UserRegistered>> {
     (0..N as i64).map(support::registered).collect()
 }
 
-fn broker_addr() -> SocketAddr {
-    "127.0.0.1:5672".parse().unwrap()
-}
-
+/// Settings on node 1 of the test cluster.
 fn scenario_settings(prefix: &str) -> Settings {
     let mut s = support::settings(prefix, true);
+    s.amqp.url = Cluster::get().url(1);
     s.consumer.event_types = vec!["user.registered".into()];
     s.consumer.shutdown_timeout = Duration::from_secs(5);
     s
@@ -62,7 +68,7 @@ where
     F: FnOnce(Option<String>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let conn = support::connect().await;
+    let conn = support::connect_to(&Cluster::get().url(1)).await;
     let handled = Handled::default();
     let consumer = Consumer::new(consumer_s.clone()).on(handled.handler());
     let topology = consumer.topology();
@@ -74,33 +80,35 @@ where
     )
     .await
     .expect("publisher connects");
+    let management_port = Cluster::get().management_port(1);
     let victim = match victim {
-        Some(v) => Some(faults::broker_connection_named(&v).await),
+        Some(v) => Some(management::connection_named(management_port, &v).await),
         None => None,
     };
     let sent = Arc::new(AtomicUsize::new(0));
-    let publishing = tokio::spawn(faults::publish_all(publisher, events(), TASKS, BATCH, sent.clone()));
+    let publishing = tokio::spawn(faults::publish_all(publisher, events(), PLAN, sent.clone()));
     faults::wait_for_count(&sent, N / 3, Duration::from_secs(60)).await;
+    let fault_at = Instant::now();
     fault(victim).await;
-    let (confirmed, failed) = publishing.await.unwrap();
-    if !failed.is_empty() {
+    let published = publishing.await.unwrap();
+    if !published.failed.is_empty() {
         eprintln!(
             "{name}: {} publishes failed (not confirmed), e.g. {}",
-            failed.len(),
-            failed[0]
+            published.failed.len(),
+            published.failed[0]
         );
     }
     support::eventually(
         Duration::from_secs(90),
         &format!("{name}: every confirmed event handled"),
-        || handled.covers(&confirmed),
+        || handled.covers(&published.confirmed),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     token.cancel();
     handle.await.unwrap();
     support::cleanup(&conn, &topology).await;
-    Report::new(name, N, &confirmed, &handled.snapshot())
+    Report::new(name, N, &published, &handled).resumed(&[fault_at], &published, &handled)
 }
 
 fn dup_bound(s: &Settings, faults: usize) -> usize {
@@ -117,7 +125,7 @@ async fn publisher_connection_closed_by_the_broker() {
         s.clone(),
         Some(victim),
         |c| async move {
-            faults::force_close(&c.unwrap());
+            management::force_close(Cluster::get().management_port(1), &c.unwrap());
         },
     )
     .await;
@@ -134,7 +142,7 @@ async fn consumer_connection_closed_by_the_broker() {
         s.clone(),
         Some(victim),
         |c| async move {
-            faults::force_close(&c.unwrap());
+            management::force_close(Cluster::get().management_port(1), &c.unwrap());
         },
     )
     .await;
@@ -143,7 +151,7 @@ async fn consumer_connection_closed_by_the_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_connections_cut() {
-    let proxy = Arc::new(Proxy::start(broker_addr()).await);
+    let proxy = Arc::new(Proxy::start(Cluster::get().addr(1)).await);
     let mut s = scenario_settings("f-cut");
     s.amqp.url = proxy.url();
     let p = proxy.clone();
@@ -160,7 +168,7 @@ async fn tcp_connections_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_black_hole_noticed_by_heartbeats() {
-    let proxy = Arc::new(Proxy::start(broker_addr()).await);
+    let proxy = Arc::new(Proxy::start(Cluster::get().addr(1)).await);
     let mut s = scenario_settings("f-stall");
     s.amqp.url = proxy.url();
     s.amqp.heartbeat = Duration::from_secs(2);
@@ -185,8 +193,8 @@ async fn tcp_black_hole_noticed_by_heartbeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_that_panic_or_fail_transiently() {
-    let conn = support::connect().await;
     let mut s = scenario_settings("f-flaky");
+    let conn = support::connect_to(&s.amqp.url).await;
     s.consumer.retry.delays = vec![Duration::from_millis(100), Duration::from_millis(200)];
     let handled = Handled::default();
     let h = handled.clone();
@@ -204,14 +212,16 @@ async fn handlers_that_panic_or_fail_transiently() {
         }
     });
     let topology = consumer.topology();
+    // Declared here, not left to the consumer: quorum queues on three nodes
+    // can take longer than a fixed pause, and publishes before them are unroutable.
+    support::declare(&conn, &s).await;
     let (token, handle) = start(consumer);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let publisher = Publisher::connect(&s, "faults-flaky").await.unwrap();
-    let (confirmed, failed) =
-        faults::publish_all(publisher, events(), TASKS, BATCH, Arc::new(AtomicUsize::new(0))).await;
-    assert!(failed.is_empty(), "{failed:?}");
+    let published = faults::publish_all(publisher, events(), PLAN, Arc::new(AtomicUsize::new(0))).await;
+    assert!(published.failed.is_empty(), "{:?}", published.failed);
     support::eventually(Duration::from_secs(60), "every event handled", || {
-        handled.covers(&confirmed)
+        handled.covers(&published.confirmed)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -224,27 +234,25 @@ async fn handlers_that_panic_or_fail_transiently() {
         "nothing exhausted"
     );
     support::cleanup(&conn, &topology).await;
-    let report = Report::new(
-        "handlers panic (10%) or fail twice (10%)",
-        N,
-        &confirmed,
-        &handled.snapshot(),
-    );
+    let report = Report::new("handlers panic (10%) or fail twice (10%)", N, &published, &handled);
     report.check(0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_bodies_mixed_into_the_stream() {
-    let conn = support::connect().await;
     let s = scenario_settings("f-poison");
+    let conn = support::connect_to(&s.amqp.url).await;
     let handled = Handled::default();
     let consumer = Consumer::new(s.clone()).on(handled.handler());
     let topology = consumer.topology();
+    // Declared here, not left to the consumer: quorum queues on three nodes
+    // can take longer than a fixed pause, and publishes before them are unroutable.
+    support::declare(&conn, &s).await;
     let (token, handle) = start(consumer);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let publisher = Publisher::connect(&s, "faults-poison").await.unwrap();
     let sent = Arc::new(AtomicUsize::new(0));
-    let publishing = tokio::spawn(faults::publish_all(publisher, events(), TASKS, BATCH, sent.clone()));
+    let publishing = tokio::spawn(faults::publish_all(publisher, events(), PLAN, sent.clone()));
     let poison: Vec<Vec<u8>> = (0..100)
         .map(|i| match i % 4 {
             0 => format!("not json {i}").into_bytes(),
@@ -257,10 +265,10 @@ async fn poison_bodies_mixed_into_the_stream() {
     for body in &poison {
         support::publish_raw(&conn, &s.topology.exchange, "user.registered", body).await;
     }
-    let (confirmed, failed) = publishing.await.unwrap();
-    assert!(failed.is_empty(), "{failed:?}");
+    let published = publishing.await.unwrap();
+    assert!(published.failed.is_empty(), "{:?}", published.failed);
     support::eventually(Duration::from_secs(60), "every event handled", || {
-        handled.covers(&confirmed)
+        handled.covers(&published.confirmed)
     })
     .await;
     let ch = conn.create_channel().await.unwrap();
@@ -269,7 +277,8 @@ async fn poison_bodies_mixed_into_the_stream() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     token.cancel();
     handle.await.unwrap();
-    let parked: HashSet<Vec<u8>> = support::drain(&ch, &dead).await.into_iter().map(|d| d.data).collect();
+    let dead_messages = support::drain(&ch, &dead).await;
+    let parked: HashSet<Vec<u8>> = dead_messages.iter().map(|d| d.data.clone()).collect();
     assert_eq!(
         parked,
         poison.iter().cloned().collect::<HashSet<_>>(),
@@ -277,11 +286,15 @@ async fn poison_bodies_mixed_into_the_stream() {
     );
     support::wait_ready(&ch, &topology.work_queue("user.registered"), 0, Duration::from_secs(5)).await;
     support::cleanup(&conn, &topology).await;
-    let mut report = Report::new("poison bodies mixed in (100)", N, &confirmed, &handled.snapshot());
+    let mut report = Report::new("poison bodies mixed in (100)", N, &published, &handled).parked(
+        &published,
+        &handled,
+        &dead_messages,
+    );
     report.poison_dead = Some((poison.len(), parked.len()));
     assert_eq!(
         report.handled_unique,
-        confirmed.len(),
+        published.confirmed.len(),
         "no poison body reached a handler"
     );
     report.check(0);
@@ -319,19 +332,19 @@ fn ids_of(lines: &[String]) -> Vec<uuid::Uuid> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_process_killed_and_restarted() {
-    let conn = support::connect().await;
     let s = scenario_settings("f-sigkill");
+    let conn = support::connect_to(&s.amqp.url).await;
     let topology = support::declare(&conn, &s).await;
     let (mut first, first_lines) = spawn_consume(&s);
     let publisher = Publisher::connect(&s, "faults-sigkill").await.unwrap();
     let sent = Arc::new(AtomicUsize::new(0));
-    let publishing = tokio::spawn(faults::publish_all(publisher, events(), TASKS, BATCH, sent.clone()));
+    let publishing = tokio::spawn(faults::publish_all(publisher, events(), PLAN, sent.clone()));
     faults::wait_for_count(&sent, N / 3, Duration::from_secs(60)).await;
     first.kill().expect("SIGKILL"); // no drain, no acks of in-flight work
     first.wait().unwrap();
     let (mut second, second_lines) = spawn_consume(&s);
-    let (confirmed, failed) = publishing.await.unwrap();
-    assert!(failed.is_empty(), "{failed:?}");
+    let published = publishing.await.unwrap();
+    assert!(published.failed.is_empty(), "{:?}", published.failed);
     let ch = conn.create_channel().await.unwrap();
     support::wait_ready(&ch, &topology.work_queue("user.registered"), 0, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -350,7 +363,7 @@ async fn consumer_process_killed_and_restarted() {
         handled.record(id);
     }
     support::cleanup(&conn, &topology).await;
-    let report = Report::new("consumer SIGKILL, then restarted", N, &confirmed, &handled.snapshot());
+    let report = Report::new("consumer SIGKILL, then restarted", N, &published, &handled);
     report.check(dup_bound(&s, 1));
     assert!(sent.load(Ordering::Relaxed) == N);
 }

@@ -81,7 +81,8 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             })
             .filter(|n| *n != module && layer_of(n).is_some())
             .collect();
-        // `event.rs` and `event/` are one module: merge what both use.
+        // `event.rs` and `event/` (or `amqp.rs` and `amqp/`) are one module:
+        // merge what both use.
         graph.entry(module).or_insert_with(BTreeSet::new).extend(uses);
     }
     graph

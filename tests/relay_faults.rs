@@ -186,8 +186,10 @@ async fn broker_connection_closed_mid_batch() {
     s.start_relay();
     for _ in 0..2 {
         wait_for_progress(&s.recorder, 500).await;
-        let name = support::faults::broker_connection_named(&s.connection_name).await;
-        support::faults::force_close(&name);
+        // Only the relay's own connection, found by its name: no other
+        // client of the broker is touched.
+        let name = support::management::connection_named(15672, &s.connection_name).await;
+        support::management::force_close(15672, &name);
     }
     s.finish("relay's broker connection closed mid-batch (x2)", inserting)
         .await;

@@ -85,6 +85,7 @@ impl Settings {
             values::check(&entry.key, &entry.value).map_err(|detail| ConfigError::value(entry, detail))?;
         }
         let settings = merge(file.as_ref().map(|(_, text)| text.as_str()), &entries)?;
+        check_together(&settings)?;
         let mut origins: BTreeMap<String, Origin> =
             Settings::keys().into_iter().map(|k| (k, Origin::Default)).collect();
         // File entries come first, so a variable's origin wins over the file's.
@@ -97,6 +98,16 @@ impl Settings {
             origins,
         })
     }
+}
+
+/// The rules that span two settings (each value was checked on its own).
+fn check_together(s: &Settings) -> Result<(), ConfigError> {
+    if s.amqp.tls_cert_file.is_some() != s.amqp.tls_key_file.is_some() {
+        return Err(ConfigError::Invalid(
+            "amqp.tls_cert_file and amqp.tls_key_file go together: set both or neither".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Merges the defaults, the file and the variables (already checked) into settings.

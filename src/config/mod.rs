@@ -20,6 +20,7 @@ mod values;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -46,8 +47,20 @@ pub struct Settings {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// AMQP URI; holds the password, so it is redacted wherever it is shown.
+    /// AMQP URI, or several separated by commas (the nodes of a cluster:
+    /// every (re)connect tries the next); holds passwords, so it is redacted
+    /// wherever it is shown.
     pub url: String,
+    /// Shuffle the nodes of `url` once at start, so that instances spread
+    /// over the cluster; `false` keeps the order written.
+    pub shuffle_urls: bool,
+    /// PEM file of CA certificates trusted for `amqps://` nodes, in addition
+    /// to the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to `amqps://` nodes.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// Connection name shown in the management console (`connection_name`).
     pub connection_name: String,
     /// Heartbeat timeout requested from the broker, in seconds.
@@ -71,6 +84,9 @@ pub struct TopologySettings {
     /// which need no permission), so that a least-privilege user can run
     /// warren once the topology is applied (docs/PERMISSIONS.md).
     pub declare: bool,
+    /// Replicas of each new quorum queue (`x-quorum-initial-group-size`);
+    /// unset, the broker's default applies (up to three, one per node).
+    pub quorum_initial_group_size: Option<u32>,
 }
 
 /// Queue type of every queue warren declares.
@@ -255,12 +271,17 @@ impl Default for Settings {
                 url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
                 connection_name: "warren".into(),
                 heartbeat: Duration::from_secs(30),
+                shuffle_urls: true,
+                tls_ca_file: None,
+                tls_cert_file: None,
+                tls_key_file: None,
             },
             topology: TopologySettings {
                 exchange: "user.events".into(),
                 queue_type: QueueType::Quorum,
                 delivery_limit: 10,
                 declare: true,
+                quorum_initial_group_size: None,
             },
             publisher: PublisherSettings {
                 confirm_timeout: Duration::from_secs(10),
@@ -339,6 +360,10 @@ impl Settings {
             "webhook.secret",
             "metrics.listen",
             "relay.database_url",
+            "amqp.tls_ca_file",
+            "amqp.tls_cert_file",
+            "amqp.tls_key_file",
+            "topology.quorum_initial_group_size",
         ] {
             out.insert(k.to_owned());
         }

@@ -71,11 +71,19 @@ impl fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self {
             url,
+            shuffle_urls,
+            tls_ca_file,
+            tls_cert_file,
+            tls_key_file,
             connection_name,
             heartbeat,
         } = self;
         f.debug_struct("AmqpSettings")
             .field("url", &redact_url(url))
+            .field("shuffle_urls", shuffle_urls)
+            .field("tls_ca_file", tls_ca_file)
+            .field("tls_cert_file", tls_cert_file)
+            .field("tls_key_file", tls_key_file)
             .field("connection_name", connection_name)
             .field("heartbeat", heartbeat)
             .finish()

@@ -54,7 +54,10 @@ fn kind_of(key: &str) -> Option<Kind> {
         | "webhook.url"
         | "webhook.path"
         | "webhook.secret"
-        | "relay.database_url" => Kind::Text,
+        | "relay.database_url"
+        | "amqp.tls_ca_file"
+        | "amqp.tls_cert_file"
+        | "amqp.tls_key_file" => Kind::Text,
         "topology.exchange" | "consumer.service" | "relay.table" => Kind::Name,
         "amqp.heartbeat"
         | "publisher.confirm_timeout"
@@ -69,7 +72,8 @@ fn kind_of(key: &str) -> Option<Kind> {
         "consumer.concurrency" | "relay.batch_size" | "relay.pool_size" => whole(1, usize::MAX as u64),
         "ingress.max_body" | "ingress.max_batch" => whole(0, usize::MAX as u64),
         "ingress.max_connections" => whole(1, usize::MAX as u64),
-        "publisher.resend_on_reconnect" | "topology.declare" => Kind::Bool,
+        "publisher.resend_on_reconnect" | "topology.declare" | "amqp.shuffle_urls" => Kind::Bool,
+        "topology.quorum_initial_group_size" => whole(1, u64::from(u32::MAX)),
         "consumer.event_types" => Kind::EventTypes,
         "consumer.retry.delays" => Kind::Delays,
         "ingress.listen" | "metrics.listen" => Kind::Address,

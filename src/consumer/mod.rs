@@ -78,6 +78,10 @@ pub enum ConsumerError {
     /// connected: fix `amqp.url` or the broker's users.
     #[error(transparent)]
     Refused(ConnectError),
+    /// TLS to the broker is set up wrong (CA, host name, client certificate)
+    /// at start: reported, not retried.
+    #[error(transparent)]
+    Tls(ConnectError),
 }
 
 /// A session that lasted this long resets the reconnect backoff; one the
@@ -91,6 +95,8 @@ pub struct Consumer {
     routes: Vec<(Arc<dyn Route>, Limits)>,
     /// Its connection (`consumer`) and each queue's consumer (`queue <name>`).
     readiness: Readiness,
+    /// Made once: its reconnects go round the nodes of `amqp.url`.
+    connect: ConnectOptions,
 }
 
 /// The readiness part of the consumer's connection.
@@ -105,7 +111,9 @@ impl Consumer {
     /// A consumer with no handlers yet.
     #[must_use]
     pub fn new(settings: Settings) -> Self {
+        let role = format!("consumer {}", settings.consumer.service);
         Self {
+            connect: ConnectOptions::new(&settings.amqp, &role),
             settings,
             routes: Vec::new(),
             readiness: Readiness::new(),
@@ -179,7 +187,8 @@ impl Consumer {
     ///
     /// [`ConsumerError::Topology`] when the broker's queues do not match the
     /// settings; [`ConsumerError::Refused`] when the broker refuses the login
-    /// or the vhost before the consumer ever connected;
+    /// or the vhost before the consumer ever connected; [`ConsumerError::Tls`]
+    /// when no node can be reached over TLS at start;
     /// [`ConsumerError::NoHandlers`].
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         if self.routes.is_empty() {
@@ -209,6 +218,9 @@ impl Consumer {
                 Err(SessionError::Fatal(e)) => return Err(e),
                 // At start, a refused login or vhost is a configuration
                 // error: retrying would only hide it behind warnings.
+                Err(SessionError::Refused(e @ ConnectError::Tls { .. })) if !connected_once => {
+                    return Err(ConsumerError::Tls(e));
+                }
                 Err(SessionError::Refused(e)) if !connected_once => return Err(ConsumerError::Refused(e)),
                 Err(SessionError::Refused(e)) => (e.to_string(), None),
                 Err(SessionError::Lost { reason, lived }) => (reason, lived),
@@ -267,10 +279,9 @@ impl Consumer {
     /// retries and dead letters) on the same connection.
     async fn connect(&self, topology: &Topology) -> Result<(Arc<Connection>, Publisher), SessionError> {
         let s = &self.settings;
-        let opts = ConnectOptions::new(&s.amqp, &format!("consumer {}", s.consumer.service));
-        let conn = match amqp::connect(&opts).await {
+        let conn = match amqp::connect(&self.connect).await {
             Ok(conn) => Arc::new(conn),
-            Err(e) if e.is_refused() => return Err(SessionError::Refused(e)),
+            Err(e) if e.is_refused() || matches!(e, ConnectError::Tls { .. }) => return Err(SessionError::Refused(e)),
             Err(e) => return Err(SessionError::setup(e)),
         };
         let setup = conn
@@ -343,7 +354,8 @@ impl Consumer {
 
 enum SessionError {
     Fatal(ConsumerError),
-    /// The broker refused the login or the vhost.
+    /// The broker refused the login or the vhost, or TLS is set up wrong:
+    /// fatal at start, retried once the consumer has been connected.
     Refused(ConnectError),
     /// `lived`: how long the session consumed before it was lost; `None`
     /// when it never got that far.

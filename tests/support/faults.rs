@@ -1,11 +1,12 @@
-//! The bookkeeping of a fault-injection scenario: which event_ids the
-//! producer saw confirmed, which the handlers saw, and what that adds up to.
+//! The bookkeeping of a fault-injection scenario, counted like Jepsen: which
+//! event_ids the producer saw confirmed (and when each was sent), which the
+//! handlers saw (and when), what was parked in `.dead`, and what that adds
+//! up to.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 use warren::consumer::{Context, HandlerError};
@@ -14,13 +15,18 @@ use warren::{Envelope, Publisher, UserRegistered};
 /// Events each scenario publishes.
 pub const N: usize = 5000;
 
-/// Handled event_ids with how often each was handled.
+/// Handled event_ids: how often each was handled, and when first.
 #[derive(Clone, Default)]
-pub struct Handled(pub Arc<Mutex<HashMap<Uuid, u32>>>);
+pub struct Handled(Arc<Mutex<HashMap<Uuid, (u32, Instant)>>>);
 
 impl Handled {
     pub fn record(&self, id: Uuid) {
-        *self.0.lock().unwrap().entry(id).or_default() += 1;
+        self.0
+            .lock()
+            .unwrap()
+            .entry(id)
+            .and_modify(|(n, _)| *n += 1)
+            .or_insert((1, Instant::now()));
     }
 
     pub fn unique(&self) -> usize {
@@ -32,8 +38,14 @@ impl Handled {
         ids.iter().all(|id| m.contains_key(id))
     }
 
-    pub fn snapshot(&self) -> HashMap<Uuid, u32> {
-        self.0.lock().unwrap().clone()
+    /// How often each event_id was handled.
+    pub fn counts(&self) -> HashMap<Uuid, u32> {
+        self.0.lock().unwrap().iter().map(|(id, (n, _))| (*id, *n)).collect()
+    }
+
+    /// When each event_id was first handled.
+    pub fn first_handled(&self) -> HashMap<Uuid, Instant> {
+        self.0.lock().unwrap().iter().map(|(id, (_, at))| (*id, *at)).collect()
     }
 
     /// A handler that records every event it sees and succeeds.
@@ -49,45 +61,69 @@ impl Handled {
     }
 }
 
-/// Publishes `events` from `tasks` concurrent tasks in batches of `batch`,
-/// counting progress in `sent`; returns the confirmed ids and the failures.
+/// How the producer publishes: `tasks` concurrent tasks, each awaiting
+/// `batch` confirms at a time; at most `rate` events per second when set.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub tasks: usize,
+    pub batch: usize,
+    pub rate: Option<f64>,
+}
+
+/// What the producer saw.
+#[derive(Default)]
+pub struct Sent {
+    pub confirmed: HashSet<Uuid>,
+    /// The errors of publishes that were not confirmed.
+    pub failed: Vec<String>,
+    /// When the publish of each event started.
+    pub sent_at: HashMap<Uuid, Instant>,
+}
+
+/// Publishes `events` as `plan` says, counting progress in `sent`.
 pub async fn publish_all(
     publisher: Publisher,
     events: Vec<Envelope<UserRegistered>>,
-    tasks: usize,
-    batch: usize,
+    plan: Plan,
     sent: Arc<AtomicUsize>,
-) -> (HashSet<Uuid>, Vec<String>) {
+) -> Sent {
     let events = Arc::new(events);
+    let start = tokio::time::Instant::now();
     let mut joins = Vec::new();
-    for t in 0..tasks {
+    for t in 0..plan.tasks {
         let (publisher, events, sent) = (publisher.clone(), events.clone(), sent.clone());
         joins.push(tokio::spawn(async move {
-            let mut ok = HashSet::new();
-            let mut failed = Vec::new();
-            let mine: Vec<_> = events.iter().skip(t).step_by(tasks).cloned().collect();
-            for chunk in mine.chunks(batch) {
+            let mut out = Sent::default();
+            // Batch k (counted over all tasks) is task k % tasks's, due at k·batch/rate.
+            for k in (t..events.len().div_ceil(plan.batch)).step_by(plan.tasks) {
+                if let Some(rate) = plan.rate {
+                    let due = start + Duration::from_secs_f64((k * plan.batch) as f64 / rate);
+                    tokio::time::sleep_until(due).await;
+                }
+                let chunk = &events[k * plan.batch..((k + 1) * plan.batch).min(events.len())];
+                let at = Instant::now();
                 for (e, r) in chunk.iter().zip(publisher.publish_batch(chunk).await) {
+                    out.sent_at.insert(e.event_id, at);
                     match r {
                         Ok(()) => {
-                            ok.insert(e.event_id);
+                            out.confirmed.insert(e.event_id);
                         }
-                        Err(err) => failed.push(err.to_string()),
+                        Err(err) => out.failed.push(err.to_string()),
                     }
                 }
                 sent.fetch_add(chunk.len(), Ordering::Relaxed);
             }
-            (ok, failed)
+            out
         }));
     }
-    let mut confirmed = HashSet::new();
-    let mut failed = Vec::new();
+    let mut all = Sent::default();
     for j in joins {
-        let (ok, f) = j.await.expect("publisher task");
-        confirmed.extend(ok);
-        failed.extend(f);
+        let part = j.await.expect("publisher task");
+        all.confirmed.extend(part.confirmed);
+        all.failed.extend(part.failed);
+        all.sent_at.extend(part.sent_at);
     }
-    (confirmed, failed)
+    all
 }
 
 /// Waits until `counter` reaches `at`.
@@ -98,6 +134,15 @@ pub async fn wait_for_count(counter: &AtomicUsize, at: usize, within: Duration) 
     .await;
 }
 
+/// The event_id of a parked message: its `message_id`, or its body's `event_id`.
+pub fn event_id_of(delivery: &lapin::message::Delivery) -> Option<Uuid> {
+    if let Some(id) = delivery.properties.message_id() {
+        return id.as_str().parse().ok();
+    }
+    let body: serde_json::Value = serde_json::from_slice(&delivery.data).ok()?;
+    body["event_id"].as_str()?.parse().ok()
+}
+
 /// One row of docs/RELIABILITY.md.
 #[derive(Debug)]
 pub struct Report {
@@ -106,43 +151,94 @@ pub struct Report {
     pub confirmed: usize,
     pub handled_unique: usize,
     pub duplicates: usize,
+    /// Confirmed, yet neither handled nor parked in `.dead`.
     pub lost: usize,
+    /// Messages in `.dead` at the end.
+    pub dead: usize,
+    /// Messages waiting in retry tiers just before the fault.
+    pub retrying_at_fault: Option<u32>,
+    /// From a fault to the first handling of an event sent after it (the
+    /// longest, over several faults).
+    pub resume: Option<Duration>,
+    /// From the (first) fault until the last event that had failed before
+    /// it (and so sat in a retry tier) was handled.
+    pub retries_drained: Option<Duration>,
+    /// Poison bodies sent, and found in `.dead`.
     pub poison_dead: Option<(usize, usize)>,
 }
 
 impl Report {
-    pub fn new(
-        scenario: &'static str,
-        published: usize,
-        confirmed: &HashSet<Uuid>,
-        handled: &HashMap<Uuid, u32>,
-    ) -> Self {
-        let lost = confirmed.iter().filter(|id| !handled.contains_key(id)).count();
-        let duplicates = handled.values().map(|n| (*n as usize).saturating_sub(1)).sum();
+    pub fn new(scenario: &'static str, published: usize, sent: &Sent, handled: &Handled) -> Self {
+        let counts = handled.counts();
+        let lost = sent.confirmed.iter().filter(|id| !counts.contains_key(id)).count();
+        let duplicates = counts.values().map(|n| (*n as usize).saturating_sub(1)).sum();
         Self {
             scenario,
             published,
-            confirmed: confirmed.len(),
-            handled_unique: handled.len(),
+            confirmed: sent.confirmed.len(),
+            handled_unique: counts.len(),
             duplicates,
             lost,
+            dead: 0,
+            retrying_at_fault: None,
+            resume: None,
+            retries_drained: None,
             poison_dead: None,
         }
+    }
+
+    /// Accounts for what `.dead` held: parked events are not lost.
+    pub fn parked(mut self, sent: &Sent, handled: &Handled, dead: &[lapin::message::Delivery]) -> Self {
+        let counts = handled.counts();
+        let parked: HashSet<Uuid> = dead.iter().filter_map(event_id_of).collect();
+        self.dead = dead.len();
+        self.lost = sent
+            .confirmed
+            .iter()
+            .filter(|id| !counts.contains_key(id) && !parked.contains(id))
+            .count();
+        self
+    }
+
+    /// The time to resume after each of `faults`: from the fault to the
+    /// first handling of an event whose publish started after it.
+    pub fn resumed(mut self, faults: &[Instant], sent: &Sent, handled: &Handled) -> Self {
+        let first = handled.first_handled();
+        let per_fault = faults.iter().map(|fault| {
+            sent.sent_at
+                .iter()
+                .filter(|(_, at)| *at >= fault)
+                .filter_map(|(id, _)| first.get(id))
+                .min()
+                .map(|handled_at| handled_at.saturating_duration_since(*fault))
+        });
+        self.resume = per_fault
+            .collect::<Option<Vec<_>>>()
+            .and_then(|all| all.into_iter().max());
+        self
     }
 
     /// Prints the row (collected by scripts/reliability-table) and asserts
     /// nothing confirmed was lost and duplicates stay within `dup_bound`.
     pub fn check(&self, dup_bound: usize) {
-        let poison = self
-            .poison_dead
-            .map_or_else(|| "-".to_owned(), |(sent, dead)| format!("{dead}/{sent} in .dead"));
+        let retrying = self.retrying_at_fault.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        let secs = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
         println!(
-            "RELIABILITY|{}|{}|{}|{}|{}|{}|{}",
-            self.scenario, self.published, self.confirmed, self.handled_unique, self.duplicates, self.lost, poison
+            "RELIABILITY|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            self.scenario,
+            self.published,
+            self.confirmed,
+            self.handled_unique,
+            self.duplicates,
+            self.lost,
+            self.dead,
+            retrying,
+            secs(self.resume),
+            secs(self.retries_drained)
         );
         assert_eq!(
             self.lost, 0,
-            "{}: confirmed events never handled: {self:?}",
+            "{}: confirmed events neither handled nor parked: {self:?}",
             self.scenario
         );
         assert!(
@@ -156,96 +252,4 @@ impl Report {
             assert_eq!(sent, dead, "{}: poison bodies not all in .dead", self.scenario);
         }
     }
-}
-
-/// `rabbitmqctl` with arguments; panics with its output when it fails.
-pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs (the fault tests need it, as root, on the broker's machine)");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Has the broker close every connection whose client-given name contains
-/// `name`; returns how many it closed.
-pub fn close_connections_named(name: &str) -> usize {
-    let listing = rabbitmqctl(&["-q", "list_connections", "pid", "client_properties"]);
-    let mut closed = 0;
-    for line in listing.lines().filter(|l| l.contains(name)) {
-        let pid = line.split_whitespace().next().unwrap_or("");
-        if pid.starts_with('<') {
-            rabbitmqctl(&["-q", "close_connection", pid, "fault injection"]);
-            closed += 1;
-        }
-    }
-    closed
-}
-
-/// One request to the management HTTP API (HTTP/1.0: no chunking to undo).
-fn management(method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect("127.0.0.1:15672")
-        .expect("the management plugin on :15672 (rabbitmq-plugins enable rabbitmq_management)");
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// The broker's name of the connection whose client-given name contains
-/// `name`, waiting for the management statistics (emitted every few seconds)
-/// to list it.
-pub async fn broker_connection_named(name: &str) -> String {
-    for _ in 0..150 {
-        let (status, body) = management("GET", "/api/connections?columns=name,client_properties");
-        assert_eq!(status, 200, "GET /api/connections: {body}");
-        let list: Vec<serde_json::Value> = serde_json::from_str(&body).expect("connections JSON");
-        if let Some(c) = list.iter().find(|c| {
-            c["client_properties"]["connection_name"]
-                .as_str()
-                .unwrap_or("")
-                .contains(name)
-        }) {
-            return c["name"].as_str().unwrap().to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no connection named {name:?} appeared in the management API");
-}
-
-/// Has the broker force-close a connection (as `rabbitmqctl close_connection`
-/// does), through the management API, which answers in milliseconds.
-pub fn force_close(broker_name: &str) {
-    let (status, body) = management("DELETE", &format!("/api/connections/{}", percent_encode(broker_name)));
-    assert!(
-        status == 204 || status == 200,
-        "DELETE connection {broker_name}: {status} {body}"
-    );
 }

@@ -1,10 +1,14 @@
 //! Helpers for broker tests: the broker URL, unique names, and loud failure
-//! when there is no broker (a broker test never skips).
+//! when there is no broker (a broker test never skips). Tests that stop
+//! nodes, raise alarms or close connections use [`cluster`], nodes of their
+//! own, never the broker at `AMQP_URL`.
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod cluster;
 pub mod faults;
 pub mod logs;
+pub mod management;
 pub mod proxy;
 
 use std::sync::Arc;
@@ -23,8 +27,13 @@ pub fn amqp_url() -> String {
 
 /// A connection to the test broker; panics with a clear message when there is none.
 pub async fn connect() -> Arc<Connection> {
+    connect_to(&amqp_url()).await
+}
+
+/// A connection to the broker at `url`; panics with a clear message when there is none.
+pub async fn connect_to(url: &str) -> Arc<Connection> {
     match Connection::connect(
-        &amqp_url(),
+        url,
         ConnectionProperties::default().with_connection_name("warren-tests".into()),
     )
     .await
@@ -32,9 +41,24 @@ pub async fn connect() -> Arc<Connection> {
         Ok(c) => Arc::new(c),
         Err(e) => panic!(
             "these tests need RabbitMQ at {} (set AMQP_URL, or start it with `rabbitmq-server -detached`): {e}",
-            warren::amqp::redact_url(&amqp_url())
+            warren::amqp::redact_url(url)
         ),
     }
+}
+
+/// `rabbitmqctl` of the broker at `AMQP_URL` (read-only uses: these tests
+/// never stop it); panics with its output when it fails.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (these tests need it, as root, on the broker's machine)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A name no other test uses.
