@@ -98,7 +98,8 @@ fn broker_version() -> String {
     let frame = &buf[..n];
     let at = frame
         .windows(8)
-        .position(|w| w == b"version\x53" || w == b"versionS")
+        // The field "version", a long string ('S'), then its length and bytes.
+        .position(|w| w == b"versionS")
         .expect("connection.start names the version");
     let len = u32::from_be_bytes(frame[at + 8..at + 12].try_into().unwrap()) as usize;
     String::from_utf8_lossy(&frame[at + 12..at + 12 + len]).into_owned()
