@@ -11,7 +11,7 @@
 //! - [`config`]: layered [`Settings`] (defaults < `warren.toml` < `.env` < environment).
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.
 //! - [`uri`]: AMQP URIs: parsing, checking, the vhost, password redaction.
-//! - [`amqp`]: connecting (named connections, heartbeats), the reconnect backoff.
+//! - [`amqp`]: connecting (the nodes of a cluster in turn, TLS, named connections, heartbeats), the reconnect backoff.
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
 //! - [`http`]: the HTTP ingress (`POST /events`), health probes and `/metrics`.
