@@ -36,8 +36,8 @@ pub enum ConnectError {
 }
 
 /// Options of one connection. Its reconnects share them: each starts with
-/// the node after the one last connected to.
-#[derive(Debug, Clone)]
+/// the node after the one last connected to. `Debug` shows the URLs redacted.
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// `amqp.url`: one URI or several, comma-separated.
     pub url: String,
@@ -63,6 +63,18 @@ impl ConnectOptions {
             nodes: Arc::new(Nodes::new(&amqp.url, amqp.shuffle_urls)),
             tls: TlsFiles::new(amqp),
         }
+    }
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("url", &redact_url(&self.url))
+            .field("name", &self.name)
+            .field("heartbeat", &self.heartbeat)
+            .field("nodes", &self.nodes)
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -186,6 +198,15 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_never_show_a_password() {
+        let mut amqp = crate::Settings::default().amqp;
+        amqp.url = "amqp://u:hunter2@h1:5672/%2f,amqp://u:hunter3@h2:5672/%2f".into();
+        let shown = format!("{:?}", ConnectOptions::new(&amqp, "publish"));
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(shown.contains("h1:5672") && shown.contains("h2:5672"), "{shown}");
+    }
 
     #[test]
     fn backoff_grows_to_its_cap() {
