@@ -69,16 +69,6 @@ pub struct ConnectOptions {
     tls: TlsFiles,
 }
 
-impl std::fmt::Debug for ConnectOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectOptions")
-            .field("url", &redact_url(&self.url))
-            .field("name", &self.name)
-            .field("heartbeat", &self.heartbeat)
-            .finish_non_exhaustive()
-    }
-}
-
 impl ConnectOptions {
     /// The options of one connection of warren's, doing `role` (`publish`,
     /// `consumer go-backend`, …): the console shows it as
@@ -93,6 +83,18 @@ impl ConnectOptions {
             nodes: Arc::new(Nodes::new(&amqp.url, amqp.shuffle_urls)),
             tls: TlsFiles::new(amqp),
         }
+    }
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("url", &redact_url(&self.url))
+            .field("name", &self.name)
+            .field("heartbeat", &self.heartbeat)
+            .field("nodes", &self.nodes)
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -282,6 +284,15 @@ mod tests {
         amqp.url = "amqp://u:Qz9Kw@h:5672/%2f".into();
         let out = format!("{:?}", ConnectOptions::new(&amqp, "publish"));
         assert!(!out.contains("Qz9Kw") && out.contains("u:***@h"), "{out}");
+    }
+
+    #[test]
+    fn options_never_show_a_password() {
+        let mut amqp = crate::Settings::default().amqp;
+        amqp.url = "amqp://u:hunter2@h1:5672/%2f,amqp://u:hunter3@h2:5672/%2f".into();
+        let shown = format!("{:?}", ConnectOptions::new(&amqp, "publish"));
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(shown.contains("h1:5672") && shown.contains("h2:5672"), "{shown}");
     }
 
     #[test]

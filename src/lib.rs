@@ -14,7 +14,7 @@
 //! - [`uri`]: AMQP URIs: parsing, checking, the vhost, password redaction.
 //! - [`secrets`]: scrubbing secrets, in every encoding, out of log lines.
 //! - [`refusal`]: which permission RabbitMQ refused, on which object, read from its errors.
-//! - [`amqp`]: connecting (named connections, heartbeats), the reconnect backoff.
+//! - [`amqp`]: connecting (the nodes of a cluster in turn, TLS, named connections, heartbeats), the reconnect backoff.
 //! - [`publisher`]: confirmed, mandatory publishing with many confirms in flight.
 //! - [`consumer`]: the consumer service: handlers, acks, retry tiers, dead letters, shutdown.
 //! - [`dead`]: listing, grouping, replaying and purging parked events (feature `dead`).

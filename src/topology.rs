@@ -31,7 +31,7 @@ use crate::refusal::{NOT_FOUND, Permission, Refusal, reply};
 /// be dropped, and browsing it in the console (get, requeue) counts as a
 /// delivery. Without the argument RabbitMQ 4.x applies a limit of 20;
 /// 3.10 has none but reads -1 and 0 as "drop at the first requeue"
-/// (tests/cluster_topology.rs shows it); 4.x reads -1 as "no limit". The
+/// (tests/dead_lettering.rs shows it); 4.x reads -1 as "no limit". The
 /// largest value both accept is the one limit that is safe on both.
 pub const DEAD_DELIVERY_LIMIT: i64 = i32::MAX as i64;
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::uri;
 
 /// The nodes of one connection's settings, shared by its reconnects.
-#[derive(Debug)]
+/// `Debug` shows the URLs redacted.
 pub(crate) struct Nodes {
     urls: Vec<String>,
     /// Index of the node the next attempt starts with.
@@ -46,6 +46,18 @@ impl Nodes {
     /// How many nodes there are.
     pub(crate) fn len(&self) -> usize {
         self.urls.len()
+    }
+}
+
+impl std::fmt::Debug for Nodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nodes")
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| uri::redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("next", &self.next)
+            .finish()
     }
 }
 

@@ -2,6 +2,7 @@
 //! connection passing through it: the faults a network causes.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +15,7 @@ pub struct Proxy {
     addr: SocketAddr,
     passing: watch::Sender<bool>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
+    accepted: Arc<AtomicUsize>,
     acceptor: AbortHandle,
 }
 
@@ -24,9 +26,11 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let (passing, _) = watch::channel(true);
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let (pass_rx, list) = (passing.subscribe(), conns.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (pass_rx, list, count) = (passing.subscribe(), conns.clone(), accepted.clone());
         let acceptor = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
@@ -44,6 +48,7 @@ impl Proxy {
             addr,
             passing,
             conns,
+            accepted,
             acceptor,
         }
     }
@@ -51,6 +56,16 @@ impl Proxy {
     /// The proxy's own address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     /// An AMQP URL through the proxy.
