@@ -181,6 +181,7 @@ async fn connect_node(opts: &ConnectOptions, url: &str, tls: &OwnedTLSConfig) ->
     let name = format!("{} @ {}", opts.name, uri::node_of(url));
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime().map_err(|e| NodeError::Failed(describe(&e)))?;
+    let without_client_cert = uri.scheme == lapin::uri::AMQPScheme::AMQPS && tls.identity.is_none();
     let attempt = Connection::connect_uri_with_config(uri, props, tls.clone(), runtime);
     match tokio::time::timeout(limit, attempt).await {
         Ok(Ok(conn)) => Ok(conn),
@@ -189,7 +190,10 @@ async fn connect_node(opts: &ConnectOptions, url: &str, tls: &OwnedTLSConfig) ->
                 return Err(NodeError::Refused { user, vhost, reason });
             }
             let reason = describe(&e);
-            Err(tls::explain(&reason).map_or(NodeError::Failed(reason), NodeError::Tls))
+            Err(match tls::explain(&reason) {
+                Some(explained) => NodeError::Tls(explained),
+                None => NodeError::Failed(tls::hang_up_hint(reason, without_client_cert)),
+            })
         }
         Err(_) => Err(NodeError::Failed(format!("no answer within {limit:?}"))),
     }

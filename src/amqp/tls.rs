@@ -84,6 +84,29 @@ pub(crate) fn explain(reason: &str) -> Option<String> {
     Some(format!("{hint} ({reason})"))
 }
 
+/// `reason` with a hint when an `amqps://` node without a client
+/// certificate hung up: with TLS 1.3 a broker that requires one can close
+/// the connection after the handshake instead of sending its alert, and
+/// the client then sees only a reset (not treated as a TLS error: a reset
+/// has other causes).
+pub(crate) fn hang_up_hint(reason: String, without_client_cert: bool) -> String {
+    let hung_up = [
+        "reset by peer",
+        "unexpected end of file",
+        "UnexpectedEof",
+        "Broken pipe",
+    ]
+    .iter()
+    .any(|s| reason.contains(s));
+    if without_client_cert && hung_up {
+        format!(
+            "{reason} (a broker that requires a client certificate hangs up like this: set amqp.tls_cert_file and amqp.tls_key_file)"
+        )
+    } else {
+        reason
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +162,14 @@ mod tests {
                 .contains("host name")
         );
         assert_eq!(explain("Connection refused (os error 111)"), None);
+    }
+
+    #[test]
+    fn a_hang_up_without_a_client_certificate_gets_a_hint() {
+        let reset = "Connection reset by peer (os error 104)".to_owned();
+        assert!(hang_up_hint(reset.clone(), true).contains("amqp.tls_cert_file"));
+        assert_eq!(hang_up_hint(reset.clone(), false), reset);
+        let refused = "Connection refused (os error 111)".to_owned();
+        assert_eq!(hang_up_hint(refused.clone(), true), refused);
     }
 }
