@@ -1,27 +1,9 @@
 //! Broker users and vhosts of a test's own, made through the management API
 //! and deleted again when dropped (also when the test fails).
 
-use std::io::{Read, Write};
-
-/// One request to the management API as guest; returns status and body.
+/// One request to the management API of the broker at 5672, as guest.
 pub fn api(method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect("127.0.0.1:15672")
-        .expect("the management plugin on :15672 (rabbitmq-plugins enable rabbitmq_management)");
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    super::management::send(15672, method, path, body)
 }
 
 fn ok(what: &str, (status, body): (u16, String)) {

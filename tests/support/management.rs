@@ -6,12 +6,19 @@ use std::time::Duration;
 
 /// One request to the management API on `port` (HTTP/1.0: no chunking to undo).
 pub fn request(port: u16, method: &str, path: &str) -> (u16, String) {
+    send(port, method, path, "")
+}
+
+/// [`request`] with a JSON body.
+pub fn send(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("the management API on :{port} (rabbitmq_management): {e}"));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut resp = String::new();
