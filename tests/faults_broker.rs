@@ -1,6 +1,7 @@
 //! Faults of the whole broker, made on the test cluster (`support::cluster`),
 //! never on the broker at 127.0.0.1:5672: every node's application stops and
-//! starts mid-stream (`rabbitmqctl stop_app` / `start_app`), and a memory
+//! starts mid-stream (`stop_app` / `start_app` through `Cluster::ctl`, which
+//! names the test node, never the default one), and a memory
 //! alarm blocks publishers (alarms are cluster-wide). Serialized with each
 //! other by `BROKER`: each takes the whole cluster away.
 
