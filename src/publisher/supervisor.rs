@@ -178,10 +178,19 @@ impl Connecting {
     }
 }
 
+/// How often [`watch_link`] looks at the channel without being told.
+const STATUS_CHECK: Duration = Duration::from_secs(5);
+
 /// Resolves when the link is dead; logs flow control on the way.
+///
+/// lapin marks the channel or connection closed, then sends an `Error`
+/// event, for every close with an error code and every lost connection, so
+/// those end the watch at once. A channel closed without an error code sends
+/// no event: the status check every [`STATUS_CHECK`] catches it. (Checking
+/// every 250 ms instead woke an idle process four times a second per link.)
 pub(super) async fn watch_link(link: &Link) -> String {
     let mut events = link.connection.events_listener();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + STATUS_CHECK, STATUS_CHECK);
     loop {
         tokio::select! {
             event = events.next() => match event {
@@ -193,15 +202,20 @@ pub(super) async fn watch_link(link: &Link) -> String {
                     metrics::gauge!(crate::metrics::BROKER_BLOCKED).set(0.0);
                     tracing::info!("RabbitMQ unblocked publishing");
                 }
-                Some(lapin::Event::Error(e)) => return amqp::describe(&e),
+                // On a connection shared with a consumer, another channel's error: not ours.
+                Some(lapin::Event::Error(e)) if !alive(link) => return amqp::describe(&e),
                 Some(_) => {}
                 None => return "connection dropped".into(),
             },
             _ = tick.tick() => {
-                if !link.channel.status().connected() {
+                if !alive(link) {
                     return "channel closed".into();
                 }
             }
         }
     }
+}
+
+fn alive(link: &Link) -> bool {
+    link.channel.status().connected() && link.connection.status().connected()
 }
