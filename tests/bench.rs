@@ -62,18 +62,80 @@ fn baseline_run_counts_every_event_reports_ratios_and_cleans_up() {
     );
     let json = report(&out);
     let run = &json["runs"][0];
-    for kind in ["warren", "baseline"] {
+    for kind in ["warren", "baseline", "lean"] {
         assert_eq!(run[kind]["events"], 400, "{kind}: {run}");
         assert!(run[kind]["end_to_end_rate"].as_f64().unwrap() > 0.0, "{kind}: {run}");
         assert!(run[kind]["latency_p99_ms"].as_f64().unwrap() > 0.0, "{kind}: {run}");
+        assert!(run[kind]["broker_cpu_us_per_event"].is_null(), "no --broker-pid: {run}");
     }
-    let ratio = json["summary"]["end_to_end_rate"]["ratio"]["median"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no end-to-end ratio: {}", json["summary"]));
-    assert!(ratio > 0.0, "{ratio}");
+    for ratio in ["warren/baseline", "warren/lean"] {
+        let median = json["summary"]["end_to_end_rate"]["ratios"][ratio]["median"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {ratio} ratio: {}", json["summary"]));
+        assert!(median > 0.0, "{ratio}: {median}");
+    }
     let after = bench_queues();
     let left: Vec<_> = after.difference(&before).collect();
     assert!(left.is_empty(), "queues left behind: {left:?}");
+}
+
+#[test]
+fn additions_run_the_lean_loop_with_each_addition_and_measure_a_given_process() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let before = bench_queues();
+    let exchange = support::unique("bench-add-x");
+    // Any process's CPU can be read: this test's own stands in for the broker's.
+    let pid = std::process::id().to_string();
+    let out = bench(
+        &[
+            "--additions",
+            "--events",
+            "200",
+            "--queue-type",
+            "classic",
+            "--broker-pid",
+            &pid,
+            "--json",
+        ],
+        &exchange,
+    );
+    let json = report(&out);
+    let run = json["runs"][0].as_object().expect("one run");
+    let kinds: Vec<&str> = run.keys().map(String::as_str).collect();
+    for kind in [
+        "lean",
+        "lean+mandatory",
+        "lean+properties",
+        "lean+event_id",
+        "lean+validation",
+        "lean+metrics",
+        "lean+deadlines",
+        "lean+consumer_defaults",
+    ] {
+        assert_eq!(run[kind]["events"], 200, "{kind}: {kinds:?}");
+        assert!(
+            run[kind]["broker_cpu_us_per_event"].as_f64().is_some(),
+            "{kind}: {}",
+            run[kind]
+        );
+    }
+    assert_eq!(kinds.len(), 8, "{kinds:?}");
+    let cpu = &json["summary"]["cpu_us_per_event"]["ratios"]["lean+metrics/lean"]["median"];
+    assert!(cpu.as_f64().is_some_and(|r| r > 0.0), "{cpu}");
+    let after = bench_queues();
+    let left: Vec<_> = after.difference(&before).collect();
+    assert!(left.is_empty(), "queues left behind: {left:?}");
+}
+
+#[test]
+fn additions_do_not_go_with_a_baseline_or_the_ingress() {
+    let out = bench(&["--additions", "--baseline", "--events", "10"], "unused");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'--additions' cannot be used with '--baseline'"),
+        "{stderr}"
+    );
 }
 
 /// Deletes the test's exchange (a bench leaves a configured exchange alone).

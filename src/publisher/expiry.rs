@@ -15,14 +15,14 @@ use tokio::sync::Notify;
 /// `grain` share one [`Expiry`] instead. It fires `grain` after the last of
 /// them could have started plus the timeout, so a publish gives up between
 /// `timeout` and `timeout + grain` after it started, never before.
-pub(super) struct Expiries {
+pub struct Expiries {
     timeout: Duration,
     grain: Duration,
     current: std::sync::Mutex<Option<Arc<Expiry>>>,
 }
 
 /// One shared confirm deadline; see [`Expiries`].
-pub(super) struct Expiry {
+pub struct Expiry {
     /// Start of the publishes that share it.
     opened: Instant,
     fired: AtomicBool,
@@ -31,7 +31,8 @@ pub(super) struct Expiry {
 
 impl Expiries {
     /// The grain is a sixteenth of the timeout, and at most 250 ms.
-    pub(super) fn new(timeout: Duration) -> Self {
+    #[must_use]
+    pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
             grain: (timeout / 16).min(Duration::from_millis(250)),
@@ -40,7 +41,7 @@ impl Expiries {
     }
 
     /// The expiry of a publish that started at `started`.
-    pub(super) fn around(&self, started: Instant) -> Arc<Expiry> {
+    pub fn around(&self, started: Instant) -> Arc<Expiry> {
         let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(expiry) = current.as_ref()
             && started >= expiry.opened
@@ -68,7 +69,7 @@ impl Expiries {
 
 impl Expiry {
     /// Resolves once the deadline has passed.
-    pub(super) async fn expired(&self) {
+    pub async fn expired(&self) {
         // Made before the flag is read, the waiter cannot miss the wake-up.
         let notified = self.notify.notified();
         if self.fired.load(Ordering::Acquire) {

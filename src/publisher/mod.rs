@@ -15,7 +15,9 @@ use std::time::Duration;
 
 mod channel;
 mod error;
-mod expiry;
+// Public for `warren bench`, which prices the shared deadline against a bare loop.
+#[doc(hidden)]
+pub mod expiry;
 mod health;
 mod metrics;
 mod properties;

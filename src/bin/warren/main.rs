@@ -248,7 +248,11 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
         }
         Command::Relay(args) => relay::run(&settings, args, shutdown_on_signal()).await?,
         Command::Run { handler, relay } => run_all(settings, handler.handler, relay).await?,
-        Command::Bench(args) => bench::run(&settings, &args, shutdown_on_signal()).await?,
+        Command::Bench(args) => {
+            // Metrics are recorded as in `warren run`, where a recorder serves /metrics.
+            warren::metrics::install()?;
+            bench::run(&settings, &args, shutdown_on_signal()).await?;
+        }
         Command::Dead(args) => dead::run(settings, args, shutdown_on_signal).await?,
     }
     Ok(())

@@ -41,13 +41,20 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
     let (consumer_conn, channel, deliveries) =
         within("starting the baseline consumer", open_consumer(arena, plan.prefetch)).await?;
     let ack_every = (u32::from(plan.prefetch) / 4).max(1);
-    let mut consumer = tokio::spawn(consume(channel, deliveries, recorder.clone(), ack_every, stop.clone()));
+    let rec = recorder.clone();
+    let handle = move |body: &[u8]| {
+        let event: Envelope<UserRegistered> =
+            serde_json::from_slice(body).map_err(|e| format!("undecodable body: {e}"))?;
+        rec.handled(Payload::sent_ns(&event.data.username).unwrap_or_else(|| rec.now_ns()));
+        Ok(())
+    };
+    let mut consumer = tokio::spawn(consume(channel, deliveries, ack_every, stop.clone(), handle));
     arena.wait_for_consumers(1).await?;
     let (publisher_conn, channel) = within("starting the baseline publisher", open_publisher(arena)).await?;
     let exchange = ShortString::from(arena.topology.exchange.as_str());
     let payload = Payload::new(plan.payload_size);
     let progress = Progress::start(label, recorder.clone(), plan.events);
-    let measurement = Measurement::begin(recorder.clone());
+    let measurement = Measurement::begin(recorder.clone(), plan.broker_pid);
     let mut publishers = JoinSet::new();
     for quota in Quota::split(plan.limit(), plan.rate, plan.publishers) {
         let (channel, exchange, payload, rec) = (channel.clone(), exchange.clone(), payload.clone(), recorder.clone());
@@ -74,7 +81,10 @@ fn broker(e: lapin::Error) -> BenchError {
     BenchError::Broker(describe(&e))
 }
 
-async fn open_consumer(arena: &Arena, prefetch: u16) -> Result<(Connection, Channel, lapin::Consumer), BenchError> {
+pub(super) async fn open_consumer(
+    arena: &Arena,
+    prefetch: u16,
+) -> Result<(Connection, Channel, lapin::Consumer), BenchError> {
     let conn = arena.connect("baseline consumer").await?;
     let channel = conn.create_channel().await.map_err(broker)?;
     channel
@@ -93,7 +103,7 @@ async fn open_consumer(arena: &Arena, prefetch: u16) -> Result<(Connection, Chan
     Ok((conn, channel, deliveries))
 }
 
-async fn open_publisher(arena: &Arena) -> Result<(Connection, Channel), BenchError> {
+pub(super) async fn open_publisher(arena: &Arena) -> Result<(Connection, Channel), BenchError> {
     let conn = arena.connect("baseline publisher").await?;
     let channel = conn.create_channel().await.map_err(broker)?;
     channel
@@ -129,12 +139,14 @@ async fn publish(channel: &Channel, exchange: &ShortString, event: &Envelope<Use
     }
 }
 
-async fn consume(
+/// Consumes until `stop`: `handle` each body, ack with `multiple` every
+/// `ack_every` deliveries or as soon as the stream is momentarily idle.
+pub(super) async fn consume(
     channel: Channel,
     mut deliveries: lapin::Consumer,
-    rec: Arc<Recorder>,
     ack_every: u32,
     stop: CancellationToken,
+    mut handle: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Result<(), String> {
     let ack = |tag| channel.basic_ack(tag, BasicAckOptions { multiple: true });
     let (mut last_tag, mut unacked) = (0, 0u32);
@@ -158,9 +170,7 @@ async fn consume(
             Some(Err(e)) => return Err(describe(&e)),
             None => return Err("the broker cancelled the consumer".into()),
         };
-        let event: Envelope<UserRegistered> =
-            serde_json::from_slice(&delivery.data).map_err(|e| format!("undecodable body: {e}"))?;
-        rec.handled(Payload::sent_ns(&event.data.username).unwrap_or_else(|| rec.now_ns()));
+        handle(&delivery.data)?;
         last_tag = delivery.delivery_tag;
         unacked += 1;
         if unacked >= ack_every {

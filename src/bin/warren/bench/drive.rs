@@ -38,19 +38,26 @@ where
     }
 }
 
-/// CPU time and peak RSS from the first publish on.
+/// CPU time (this process's, and the broker's when its pid is known) and
+/// peak RSS from the first publish on.
 pub struct Measurement {
     recorder: Arc<Recorder>,
     cpu_start: Duration,
+    broker: Option<(u32, Duration)>,
 }
 
 impl Measurement {
     /// Starts measuring: call right before the first publish.
-    pub fn begin(recorder: Arc<Recorder>) -> Self {
+    pub fn begin(recorder: Arc<Recorder>, broker_pid: Option<u32>) -> Self {
         stats::reset_peak_rss();
+        let broker = broker_pid.and_then(|pid| Some((pid, stats::cpu_time_of(pid)?)));
         let cpu_start = stats::cpu_time();
         recorder.start();
-        Self { recorder, cpu_start }
+        Self {
+            recorder,
+            cpu_start,
+            broker,
+        }
     }
 
     /// Waits for the publisher tasks, then for every confirmed event to be
@@ -104,6 +111,9 @@ impl Measurement {
         }
         let expected = expected.unwrap_or(rec.confirmed());
         let cpu = stats::cpu_time().saturating_sub(self.cpu_start);
+        let broker_cpu = self
+            .broker
+            .and_then(|(pid, start)| Some(stats::cpu_time_of(pid)?.saturating_sub(start)));
         Ok(Raw {
             confirmed: expected,
             handled: rec.handled_count(),
@@ -111,6 +121,7 @@ impl Measurement {
             end_to_end_elapsed: rec.end_to_end_elapsed(),
             latencies_ns: rec.take_latencies(),
             cpu,
+            broker_cpu,
             peak_rss: stats::peak_rss(),
         })
     }

@@ -21,6 +21,8 @@ pub struct Raw {
     pub latencies_ns: Vec<u64>,
     /// CPU time of the whole process (user + system) over the run.
     pub cpu: Duration,
+    /// CPU time of the broker's process over the run, when its pid was given.
+    pub broker_cpu: Option<Duration>,
     /// Peak resident set size of the whole process during the run.
     pub peak_rss: Option<u64>,
 }
@@ -39,6 +41,8 @@ pub struct Figures {
     pub latency_max_ms: f64,
     /// Process CPU time (user + system) per event handled.
     pub cpu_us_per_event: f64,
+    /// The broker's CPU time (user + system) per event handled, when measured.
+    pub broker_cpu_us_per_event: Option<f64>,
     /// Peak RSS of the whole process, MiB.
     pub peak_rss_mib: Option<f64>,
     pub elapsed_s: f64,
@@ -59,6 +63,7 @@ impl Figures {
             latency_p99_ms: ms(p.p99),
             latency_max_ms: ms(p.max),
             cpu_us_per_event: stats::micros_per_event(raw.cpu, raw.handled),
+            broker_cpu_us_per_event: raw.broker_cpu.map(|cpu| stats::micros_per_event(cpu, raw.handled)),
             peak_rss_mib: raw.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
             elapsed_s: raw.end_to_end_elapsed.as_secs_f64(),
         }
@@ -78,11 +83,13 @@ mod tests {
             end_to_end_elapsed: Duration::from_millis(50),
             latencies_ns: (1..=1000).rev().map(|i| i * 1_000_000).collect(),
             cpu: Duration::from_millis(40),
+            broker_cpu: Some(Duration::from_millis(60)),
             peak_rss: Some(64 * 1024 * 1024),
         });
         assert!((f.publish_rate - 25_000.0).abs() < 1e-6, "{}", f.publish_rate);
         assert!((f.end_to_end_rate - 20_000.0).abs() < 1e-6, "{}", f.end_to_end_rate);
         assert!((f.cpu_us_per_event - 40.0).abs() < 1e-6, "{}", f.cpu_us_per_event);
+        assert!((f.broker_cpu_us_per_event.unwrap() - 60.0).abs() < 1e-6);
         assert_eq!(f.latency_p50_ms, 500.0);
         assert_eq!(f.latency_p99_ms, 990.0);
         assert_eq!(f.latency_max_ms, 1000.0);

@@ -47,17 +47,20 @@ impl Payload {
     /// Event number `seq`, sent at `sent_ns`.
     #[must_use]
     pub fn envelope(&self, sent_ns: u64, seq: u64) -> Envelope<UserRegistered> {
+        Envelope::new("bench", self.data(sent_ns, seq))
+    }
+
+    /// The `data` of event number `seq`, sent at `sent_ns`.
+    #[must_use]
+    pub fn data(&self, sent_ns: u64, seq: u64) -> UserRegistered {
         // Seven digits whatever seq is: every body has the same length.
         let user_id = 1_000_000 + i64::try_from(seq % 9_000_000).unwrap_or(0);
-        Envelope::new(
-            "bench",
-            UserRegistered {
-                user_id,
-                username: format!("{sent_ns:016x}{}", self.pad),
-                email: "b@example.com".into(),
-                registration_timestamp: self.registered_at,
-            },
-        )
+        UserRegistered {
+            user_id,
+            username: format!("{sent_ns:016x}{}", self.pad),
+            email: "b@example.com".into(),
+            registration_timestamp: self.registered_at,
+        }
     }
 
     /// The send timestamp an envelope's username carries.

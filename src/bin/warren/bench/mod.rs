@@ -21,6 +21,7 @@ mod baseline;
 mod drive;
 pub mod figures;
 mod ingress;
+pub mod lean;
 pub mod load;
 mod progress;
 mod relay;
@@ -36,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 
 use self::arena::Arena;
 use self::figures::Figures;
+use self::lean::Addition;
 use self::load::Limit;
-use self::report::{Report, RunPair};
+use self::report::Report;
 use warren::config::QueueType;
 use warren::config::Settings;
 use warren::event::{Event, UserRegistered};
@@ -80,9 +82,16 @@ pub struct BenchArgs {
     /// gets a copy of the bench events.
     #[arg(long, value_name = "URL")]
     pub ingress: Option<String>,
-    /// Also run the bare-lapin baseline and report warren's figures as ratios of it.
+    /// Also run two bare-lapin loops and report warren's figures as ratios
+    /// of each: the matched baseline (warren's body, properties, window and
+    /// prefetch) and the lean loop (the fastest this bench knows).
     #[arg(long)]
     pub baseline: bool,
+    /// Price warren's additions: run the lean loop, then the lean loop with
+    /// each addition alone (mandatory, properties, event_id, validation,
+    /// metrics, confirm deadlines, consumer defaults), paired per run.
+    #[arg(long, conflicts_with_all = ["ingress", "baseline", "relay"])]
+    pub additions: bool,
     /// Print the figures as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +103,10 @@ pub struct BenchArgs {
     /// relayed and handled; reports events/s and the commit → handler lag.
     #[arg(long, conflicts_with_all = ["ingress", "baseline", "duration", "rate"])]
     pub relay: bool,
+    /// Also measure the broker's CPU per event: the pid of its process on
+    /// this machine (`pgrep -f 'beam.smp.*rabbit'`), read from /proc.
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
     /// Queue type of the bench queues [default: topology.queue_type].
     #[arg(long, value_name = "TYPE")]
     pub queue_type: Option<QueueType>,
@@ -120,6 +133,8 @@ pub struct Plan {
     pub queue_type: QueueType,
     pub ingress: Option<String>,
     pub baseline: bool,
+    pub additions: bool,
+    pub broker_pid: Option<u32>,
     pub runs: usize,
 }
 
@@ -146,6 +161,8 @@ impl Plan {
             queue_type: args.queue_type.unwrap_or(settings.topology.queue_type),
             ingress: args.ingress.clone(),
             baseline: args.baseline,
+            additions: args.additions,
+            broker_pid: args.broker_pid,
             runs: args.runs as usize,
         }
     }
@@ -157,6 +174,20 @@ impl Plan {
             (Some(n), _) => Limit::Events(n),
             (None, Some(s)) => Limit::Duration(Duration::from_secs_f64(s)),
             (None, None) => Limit::Events(50_000),
+        }
+    }
+
+    /// The loops each run measures, in the order of the first run.
+    #[must_use]
+    pub fn columns(&self) -> Vec<Kind> {
+        if self.additions {
+            std::iter::once(Kind::Lean(None))
+                .chain(Addition::ALL.into_iter().map(|a| Kind::Lean(Some(a))))
+                .collect()
+        } else if self.baseline {
+            vec![Kind::Warren, Kind::Baseline, Kind::Lean(None)]
+        } else {
+            vec![Kind::Warren]
         }
     }
 
@@ -221,8 +252,45 @@ pub enum BenchError {
 /// Which loop a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// warren's publisher (or the ingress) and consumer.
     Warren,
+    /// Bare lapin doing what warren does: its body, properties, window, prefetch.
     Baseline,
+    /// The lean bare-lapin loop, alone or with one of warren's additions.
+    Lean(Option<Addition>),
+}
+
+impl Kind {
+    /// Its key in the JSON and the per-run lines.
+    #[must_use]
+    pub fn key(self) -> String {
+        match self {
+            Self::Warren => "warren".into(),
+            Self::Baseline => "baseline".into(),
+            Self::Lean(None) => "lean".into(),
+            Self::Lean(Some(a)) => format!("lean+{}", a.key()),
+        }
+    }
+
+    /// Its column title in the summary.
+    #[must_use]
+    pub fn title(self) -> String {
+        match self {
+            Self::Warren => "warren".into(),
+            Self::Baseline => "matched baseline".into(),
+            Self::Lean(None) => "lean loop".into(),
+            Self::Lean(Some(a)) => format!("+ {}", a.name()),
+        }
+    }
+
+    /// A short label for its run's queue names.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Warren => "w",
+            Self::Baseline => "b",
+            Self::Lean(_) => "l",
+        }
+    }
 }
 
 /// Runs the bench described by `args` and prints its report on stdout.
@@ -247,21 +315,17 @@ pub async fn run(settings: &Settings, args: &BenchArgs, shutdown: CancellationTo
     if !args.json {
         let _ = writeln!(stdout, "warren bench: {}", plan.describe());
     }
+    let mut kinds = plan.columns();
     for i in 0..plan.runs {
-        let kinds: &[Kind] = match (plan.baseline, i % 2) {
-            (false, _) => &[Kind::Warren],
-            (true, 0) => &[Kind::Warren, Kind::Baseline],
-            (true, _) => &[Kind::Baseline, Kind::Warren],
-        };
-        let mut pair = RunPair::default();
-        for &kind in kinds {
+        for &kind in &kinds {
             let figures = run_one(settings, &plan, kind, i, &shutdown).await?;
             if !args.json {
                 let _ = writeln!(stdout, "{}", report::run_line(i + 1, plan.runs, kind, &figures));
             }
-            pair.set(kind, figures);
+            report.set(i, kind, figures);
         }
-        report.runs.push(pair);
+        // Each loop goes first in turn: none always runs on a fresher broker.
+        kinds.rotate_left(1);
     }
     let text = if args.json {
         serde_json::to_string_pretty(&report.to_json()).expect("figures serialize")
@@ -303,16 +367,13 @@ async fn run_one(
     base.consumer.prefetch = plan.prefetch;
     base.consumer.concurrency = plan.concurrency;
     let via_ingress = kind == Kind::Warren && plan.ingress.is_some();
-    let label = match kind {
-        Kind::Warren => format!("w{}", i + 1),
-        Kind::Baseline => format!("b{}", i + 1),
-    };
-    let arena = Arena::new(&base, &label, via_ingress);
-    let progress_label = format!("run {}/{} {}", i + 1, plan.runs, report::kind_name(kind));
+    let arena = Arena::new(&base, &format!("{}{}", kind.label(), i + 1), via_ingress);
+    let progress_label = format!("run {}/{} {}", i + 1, plan.runs, kind.key());
     let work = async {
         let raw = match kind {
             Kind::Warren => warren_run::run(&arena, plan, progress_label).await?,
             Kind::Baseline => baseline::run(&arena, plan, progress_label).await?,
+            Kind::Lean(addition) => lean::run(&arena, plan, addition, progress_label).await?,
         };
         Ok(Figures::from_raw(raw))
     };

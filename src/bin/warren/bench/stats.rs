@@ -106,6 +106,28 @@ fn timeval(t: libc::timeval) -> Duration {
     Duration::from_secs(secs) + Duration::from_micros(u64::from(micros))
 }
 
+/// User plus system CPU time of process `pid` so far (`/proc/<pid>/stat`,
+/// in clock ticks of 10 ms), `None` when it cannot be read.
+#[must_use]
+pub fn cpu_time_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    parse_stat_ticks(&stat).map(|ticks| Duration::from_millis(ticks * 1000 / hz.max(1)))
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line, in clock ticks. The command
+/// name (field 2) may hold spaces and parentheses: fields are counted after
+/// its last `)`.
+#[must_use]
+pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Peak resident set size of the whole process (`VmHWM`), in bytes.
 #[must_use]
 pub fn peak_rss() -> Option<u64> {
@@ -189,6 +211,15 @@ mod tests {
         assert_eq!(parse_vm_hwm(status), Some(12_345 * 1024));
         assert_eq!(parse_vm_hwm("VmRSS: 1 kB\n"), None);
         assert_eq!(parse_vm_hwm("VmHWM: lots kB\n"), None);
+    }
+
+    #[test]
+    fn stat_ticks_are_counted_after_the_command_name() {
+        let stat = "2981 (beam.smp (x) y) S 1 2 3 4 5 6 7 8 9 10 1234 56 0 0 20 0";
+        assert_eq!(parse_stat_ticks(stat), Some(1290));
+        assert_eq!(parse_stat_ticks("1 (short) S 1"), None);
+        let own = cpu_time_of(std::process::id()).expect("this process has a stat");
+        assert!(own < Duration::from_secs(3600), "{own:?}");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
             let target = Arc::new(ingress::Target::parse(url)?);
             let opening = (0..INGRESS_CONNECTIONS).map(|_| ingress::Connection::open(target.clone()));
             let connections = futures_util::future::try_join_all(opening).await?;
-            let measurement = Measurement::begin(recorder.clone());
+            let measurement = Measurement::begin(recorder.clone(), plan.broker_pid);
             let quotas = Quota::split(plan.limit(), plan.rate, INGRESS_CONNECTIONS);
             for (quota, (connection, driver)) in quotas.into_iter().zip(connections) {
                 let (payload, rec) = (payload.clone(), recorder.clone());
@@ -65,7 +65,7 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
                 Ok(Publisher::connect(&arena.settings, "bench publisher").await?)
             })
             .await?;
-            let measurement = Measurement::begin(recorder.clone());
+            let measurement = Measurement::begin(recorder.clone(), plan.broker_pid);
             for quota in Quota::split(plan.limit(), plan.rate, plan.publishers) {
                 let (publisher, payload, rec) = (publisher.clone(), payload.clone(), recorder.clone());
                 let window = plan.window;
