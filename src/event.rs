@@ -25,8 +25,11 @@
 //! #[schemars(crate = "warren::schemars")]
 //! pub struct UserPasswordReset {
 //!     pub user_id: i64,
-//!     // Strict RFC 3339, as other languages read it.
-//!     #[serde(deserialize_with = "warren::event::timestamp::deserialize")]
+//!     // Strict RFC 3339, as other languages read it (and written fast).
+//!     #[serde(
+//!         serialize_with = "warren::event::timestamp::serialize",
+//!         deserialize_with = "warren::event::timestamp::deserialize"
+//!     )]
 //!     pub requested_at: chrono::DateTime<chrono::Utc>,
 //! }
 //!
@@ -88,7 +91,7 @@ pub struct UserRegistered {
     #[schemars(schema_with = "crate::schema::email")]
     pub email: String,
     /// RFC 3339.
-    #[serde(deserialize_with = "timestamp::deserialize")]
+    #[serde(serialize_with = "timestamp::serialize", deserialize_with = "timestamp::deserialize")]
     #[schemars(schema_with = "crate::schema::date_time")]
     pub registration_timestamp: DateTime<Utc>,
 }
@@ -123,7 +126,7 @@ pub struct UserLogin {
     #[schemars(schema_with = "crate::schema::email")]
     pub email: String,
     /// RFC 3339.
-    #[serde(deserialize_with = "timestamp::deserialize")]
+    #[serde(serialize_with = "timestamp::serialize", deserialize_with = "timestamp::deserialize")]
     #[schemars(schema_with = "crate::schema::date_time")]
     pub login_timestamp: DateTime<Utc>,
     /// IPv4 or IPv6; anything else fails to parse.
@@ -276,7 +279,11 @@ pub struct Envelope<E> {
     pub event_id: Uuid,
     pub event_type: String,
     /// When the event happened (RFC 3339); now when the input has none.
-    #[serde(default = "now", deserialize_with = "timestamp::deserialize")]
+    #[serde(
+        default = "now",
+        serialize_with = "timestamp::serialize",
+        deserialize_with = "timestamp::deserialize"
+    )]
     #[schemars(
         schema_with = "crate::schema::date_time",
         skip_serializing_if = "crate::schema::made_on_parse"
