@@ -12,20 +12,25 @@
 # the event count, e.g. `--additions` for the lean loop with each of
 # warren's additions.
 #
-#   cargo build --release && scripts/bench-callgrind.sh [EVENTS] [bench options]
+# It needs the symbols the release build strips: build the `profiling`
+# profile (the release build with symbols) first.
+#
+#   cargo build --profile profiling && scripts/bench-callgrind.sh [EVENTS] [bench options]
 #   callgrind_annotate --inclusive=no <dir>/callgrind.out.<pid>.4 | head -40   # where one run's go
 set -euo pipefail
 events="${1:-5000}"
 shift || true
 (($#)) || set -- --baseline --runs 2
-warren="${WARREN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/warren}"
-[[ -x "$warren" ]] || { echo "no $warren: run cargo build --release first" >&2; exit 1; }
+warren="${WARREN:-$(cd "$(dirname "$0")/.." && pwd)/target/profiling/warren}"
+[[ -x "$warren" ]] || { echo "no $warren: run cargo build --profile profiling first" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind not found" >&2; exit 1; }
 
 dir="$(mktemp -d -t warren-callgrind.XXXXXX)"
 cd "$dir"
 valgrind --tool=callgrind --dump-after='*run_line*' \
   "$warren" bench --events "$events" "$@" 2>/dev/null | grep '^run ' | awk '{print $3}' > runs.txt
+ls callgrind.out.*.1 >/dev/null 2>&1 ||
+  { echo "no profile dumps in $dir: was $warren built with its symbols (cargo build --profile profiling)?" >&2; exit 1; }
 i=0
 while read -r kind; do
   i=$((i + 1))

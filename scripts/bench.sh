@@ -1,23 +1,40 @@
 #!/usr/bin/env bash
 # The benchmark series of docs/BENCHMARKS.md: the machine, then the
-# documented commands, each repeated by `--runs` (medians with min–max), the
-# last one through a `warren ingress` started here (on $INGRESS_LISTEN,
-# default 127.0.0.1:8597, which must be free). Needs the broker of the
-# settings (default 127.0.0.1:5672), curl and a release build; run it from a
-# directory whose warren.toml/.env (if any) are the settings you want to
-# bench.
+# documented commands, each repeated by `--runs` (medians with min–max, ratios
+# paired per run), on classic and on quorum queues: warren against the
+# matched and the lean bare-lapin loops, what each of warren's additions costs
+# the lean loop, p99 at a fixed 1,000 events/s, and the HTTP ingress through a
+# `warren ingress` started here (on $INGRESS_LISTEN, default 127.0.0.1:8597,
+# which must be free). Needs the broker of the settings (default
+# 127.0.0.1:5672) on this machine (its CPU is read from /proc), curl and a
+# release build; run it from a directory whose warren.toml/.env (if any) are
+# the settings you want to bench. SERIES=short skips the additions and the
+# ingress.
 #
 #   cargo build --release && scripts/bench.sh | tee bench.log
 set -euo pipefail
 warren="${WARREN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/warren}"
 [[ -x "$warren" ]] || { echo "no $warren: run cargo build --release first" >&2; exit 1; }
+events="${EVENTS:-20000}"
+runs="${RUNS:-7}"
+
+# The broker's Erlang VM, for its CPU per event: BROKER_PID, or the one
+# beam.smp that is not a node of the tests' cluster (scripts/cluster).
+broker="${BROKER_PID:-}"
+if [[ -z "$broker" ]]; then
+  for pid in $(pgrep beam.smp 2>/dev/null); do
+    grep -qz '^RABBITMQ_NODENAME=warren-n' "/proc/$pid/environ" 2>/dev/null || { broker=$pid; break; }
+  done
+fi
+broker_pid=()
+[[ -n "$broker" ]] && broker_pid=(--broker-pid "$broker")
 
 echo "## machine"
 echo "nproc: $(nproc)"
 grep -m1 'model name' /proc/cpuinfo
 grep -m1 MemTotal /proc/meminfo
 echo "kernel: $(uname -r)"
-echo "rabbitmq: $(rabbitmqctl version 2>/dev/null || echo unknown)"
+echo "rabbitmq: $(rabbitmqctl version 2>/dev/null || echo unknown) (pid ${broker:-unknown})"
 echo "warren: $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -25,17 +42,17 @@ run() {
   echo
   echo "## warren bench $*"
   echo '```'
-  "$warren" bench "$@" 2>/dev/null
+  "$warren" bench "$@" 2>/dev/null | grep -v '^run '
   echo '```'
   echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
-# 7 runs: a broker stall in one run of three (seen as a p99 of 50 ms or more)
-# moves a 3-run median by itself, and single CPU ratios spread ±10 % on a
-# shared 2-core machine.
-run --baseline --events 50000 --runs 7
-run --rate 1000 --duration 20s --runs 3
-run --baseline --rate 1000 --duration 20s --runs 3
+for queues in classic quorum; do
+  run --baseline --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
+  run --baseline --rate 1000 --duration 10s --runs 5 --queue-type "$queues"
+  [[ "${SERIES:-}" == short ]] || run --additions --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
+done
+[[ "${SERIES:-}" == short ]] && exit 0
 
 # The ingress: `warren ingress` in its own process on the same machine,
 # driven over 64 keep-alive connections. Both publish to an exchange of
@@ -52,6 +69,6 @@ done
 curl -fsS "http://$listen/readyz" >/dev/null || { echo "warren ingress is not ready on $listen" >&2; exit 1; }
 ticks() { awk '{print $14 + $15}' "/proc/$ingress/stat"; }
 before=$(ticks)
-run --ingress "http://$listen" --baseline --events 20000 --runs 5
-requests=$((20000 * 5))
+run --ingress "http://$listen" --baseline --events "$events" --runs 5
+requests=$((events * 5))
 echo "ingress process CPU: $(( ($(ticks) - before) * 1000000 / $(getconf CLK_TCK) / requests )) µs per request ($requests requests, user + system)"

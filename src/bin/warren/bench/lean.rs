@@ -109,6 +109,8 @@ impl Addition {
 #[derive(Debug, Serialize, Deserialize)]
 struct Seed<S, D> {
     event_type: S,
+    // The fastest RFC 3339 writer at hand: chrono's own is ~20× slower.
+    #[serde(serialize_with = "warren::event::timestamp::serialize")]
     timestamp: DateTime<Utc>,
     source: S,
     user_id: i64,

@@ -314,7 +314,9 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// One line per finished run.
+// Never inlined: scripts/bench-callgrind.sh dumps a profile after each call.
 #[must_use]
+#[inline(never)]
 pub fn run_line(i: usize, of: usize, kind: Kind, f: &Figures) -> String {
     let rss = f.peak_rss_mib.map_or_else(|| "?".to_owned(), |m| format!("{m:.1}"));
     format!(
