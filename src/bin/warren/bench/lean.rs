@@ -7,8 +7,9 @@
 //! mandatory, the seed's envelope without an `event_id` (plain `serde_json`
 //! both ways), prefetch [`PREFETCH`], one `multiple` ack every [`ACK_EVERY`]
 //! deliveries or when the stream is momentarily idle. These settings won a
-//! sweep on the bench machine (docs/BENCHMARKS.md); `--publishers`,
-//! `--window` and `--prefetch` do not change them.
+//! sweep on the bench machine (docs/BENCHMARKS.md). `--prefetch` does not
+//! change them; `--publishers` and `--window`, when given, apply to every
+//! loop, the lean one included (to compare them at one window).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -154,10 +155,10 @@ pub async fn run(arena: &Arena, plan: &Plan, addition: Option<Addition>, label: 
     let progress = Progress::start(label, recorder.clone(), plan.events);
     let measurement = Measurement::begin(recorder.clone(), plan.broker_pid);
     let mut publishers = JoinSet::new();
-    for quota in Quota::split(plan.limit(), plan.rate, PUBLISHERS) {
-        let (source, rec) = (source.clone(), recorder.clone());
+    for quota in Quota::split(plan.limit(), plan.rate, plan.lean_publishers) {
+        let (source, rec, window) = (source.clone(), recorder.clone(), plan.lean_window);
         publishers.spawn(async move {
-            publish_all(quota, WINDOW, &rec, |seq, now| source.publish(seq, now)).await;
+            publish_all(quota, window, &rec, |seq, now| source.publish(seq, now)).await;
         });
     }
     let raw = measurement.end(publishers, &mut consumer).await;
