@@ -2,14 +2,14 @@
 # The benchmark series of docs/BENCHMARKS.md: the machine, then the
 # documented commands, each repeated by `--runs` (medians with min–max, ratios
 # paired per run), on classic and on quorum queues: warren against the
-# matched and the lean bare-lapin loops, what each of warren's additions costs
-# the lean loop, p99 at a fixed 1,000 events/s, and the HTTP ingress through a
+# matched and the lean bare-lapin loops, p99 at a fixed 1,000 events/s, what
+# each of warren's additions costs the lean loop, warren at other prefetch
+# counts than its default, and the HTTP ingress through a
 # `warren ingress` started here (on $INGRESS_LISTEN, default 127.0.0.1:8597,
 # which must be free). Needs the broker of the settings (default
 # 127.0.0.1:5672) on this machine (its CPU is read from /proc), curl and a
 # release build; run it from a directory whose warren.toml/.env (if any) are
-# the settings you want to bench. SERIES=short skips the additions and the
-# ingress.
+# the settings you want to bench. SERIES=short skips the ingress.
 #
 #   cargo build --release && scripts/bench.sh | tee bench.log
 set -euo pipefail
@@ -50,7 +50,8 @@ run() {
 for queues in classic quorum; do
   run --baseline --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
   run --baseline --rate 1000 --duration 10s --runs 5 --queue-type "$queues"
-  [[ "${SERIES:-}" == short ]] || run --additions --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
+  run --additions --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
+  run --prefetches 128,512,1024 --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
 done
 [[ "${SERIES:-}" == short ]] && exit 0
 

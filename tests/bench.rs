@@ -128,6 +128,30 @@ fn additions_run_the_lean_loop_with_each_addition_and_measure_a_given_process() 
 }
 
 #[test]
+fn prefetches_run_warren_at_each_and_at_the_configured_one() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let exchange = support::unique("bench-prefetch-x");
+    let out = bench(
+        &[
+            "--prefetches",
+            "64,1000",
+            "--events",
+            "300",
+            "--queue-type",
+            "classic",
+            "--json",
+        ],
+        &exchange,
+    );
+    let json = report(&out);
+    let run = &json["runs"][0];
+    for kind in ["warren@256", "warren@64", "warren@1000"] {
+        assert_eq!(run[kind]["events"], 300, "{kind}: {run}");
+    }
+    assert!(json["summary"]["end_to_end_rate"]["ratios"]["warren@64/warren@256"]["median"].is_number());
+}
+
+#[test]
 fn additions_do_not_go_with_a_baseline_or_the_ingress() {
     let out = bench(&["--additions", "--baseline", "--events", "10"], "unused");
     assert_eq!(out.status.code(), Some(2), "{out:?}");

@@ -94,6 +94,10 @@ pub struct BenchArgs {
     /// metrics, confirm deadlines, consumer defaults), paired per run.
     #[arg(long, conflicts_with_all = ["ingress", "baseline", "relay"])]
     pub additions: bool,
+    /// Compare warren's consumer at these prefetch counts (each acking every
+    /// prefetch/4) with its configured one, paired per run: 128,512,1024.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', conflicts_with_all = ["ingress", "baseline", "relay", "additions"], value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetches: Vec<u16>,
     /// Print the figures as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -139,6 +143,8 @@ pub struct Plan {
     pub ingress: Option<String>,
     pub baseline: bool,
     pub additions: bool,
+    /// Prefetch counts to compare warren's configured one with.
+    pub prefetches: Vec<u16>,
     pub broker_pid: Option<u32>,
     pub runs: usize,
 }
@@ -169,6 +175,7 @@ impl Plan {
             ingress: args.ingress.clone(),
             baseline: args.baseline,
             additions: args.additions,
+            prefetches: args.prefetches.clone(),
             broker_pid: args.broker_pid,
             runs: args.runs as usize,
         }
@@ -191,6 +198,14 @@ impl Plan {
             std::iter::once(Kind::Lean(None))
                 .chain(Addition::ALL.into_iter().map(|a| Kind::Lean(Some(a))))
                 .collect()
+        } else if !self.prefetches.is_empty() {
+            let mut kinds = vec![Kind::WarrenWith(self.prefetch)];
+            for &p in &self.prefetches {
+                if !kinds.contains(&Kind::WarrenWith(p)) {
+                    kinds.push(Kind::WarrenWith(p));
+                }
+            }
+            kinds
         } else if self.baseline {
             vec![Kind::Warren, Kind::Baseline, Kind::Lean(None)]
         } else {
@@ -272,6 +287,8 @@ pub enum BenchError {
 pub enum Kind {
     /// warren's publisher (or the ingress) and consumer.
     Warren,
+    /// The same, its consumer at this prefetch (`--prefetches`).
+    WarrenWith(u16),
     /// Bare lapin doing what warren does: its body, properties, window, prefetch.
     Baseline,
     /// The lean bare-lapin loop, alone or with one of warren's additions.
@@ -284,6 +301,7 @@ impl Kind {
     pub fn key(self) -> String {
         match self {
             Self::Warren => "warren".into(),
+            Self::WarrenWith(prefetch) => format!("warren@{prefetch}"),
             Self::Baseline => "baseline".into(),
             Self::Lean(None) => "lean".into(),
             Self::Lean(Some(a)) => format!("lean+{}", a.key()),
@@ -295,6 +313,7 @@ impl Kind {
     pub fn title(self) -> String {
         match self {
             Self::Warren => "warren".into(),
+            Self::WarrenWith(prefetch) => format!("warren, prefetch {prefetch}"),
             Self::Baseline => "matched baseline".into(),
             Self::Lean(None) => "lean loop".into(),
             Self::Lean(Some(a)) => format!("+ {}", a.name()),
@@ -304,7 +323,7 @@ impl Kind {
     /// A short label for its run's queue names.
     fn label(self) -> &'static str {
         match self {
-            Self::Warren => "w",
+            Self::Warren | Self::WarrenWith(_) => "w",
             Self::Baseline => "b",
             Self::Lean(_) => "l",
         }
@@ -382,14 +401,17 @@ async fn run_one(
 ) -> Result<Figures, BenchError> {
     let mut base = settings.clone();
     base.topology.queue_type = plan.queue_type;
-    base.consumer.prefetch = plan.prefetch;
+    base.consumer.prefetch = match kind {
+        Kind::WarrenWith(prefetch) => prefetch,
+        _ => plan.prefetch,
+    };
     base.consumer.concurrency = plan.concurrency;
     let via_ingress = kind == Kind::Warren && plan.ingress.is_some();
     let arena = Arena::new(&base, &format!("{}{}", kind.label(), i + 1), via_ingress);
     let progress_label = format!("run {}/{} {}", i + 1, plan.runs, kind.key());
     let work = async {
         let raw = match kind {
-            Kind::Warren => warren_run::run(&arena, plan, progress_label).await?,
+            Kind::Warren | Kind::WarrenWith(_) => warren_run::run(&arena, plan, progress_label).await?,
             Kind::Baseline => baseline::run(&arena, plan, progress_label).await?,
             Kind::Lean(addition) => lean::run(&arena, plan, addition, progress_label).await?,
         };

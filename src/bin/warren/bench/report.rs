@@ -102,7 +102,10 @@ impl Report {
     pub fn new(plan: Plan) -> Self {
         let columns = plan.columns();
         let ratios = match columns.first() {
-            Some(Kind::Lean(None)) => (1..columns.len()).map(|num| Ratio { num, den: 0 }).collect(),
+            // --additions and --prefetches: each loop against the first.
+            Some(Kind::Lean(None) | Kind::WarrenWith(_)) => {
+                (1..columns.len()).map(|num| Ratio { num, den: 0 }).collect()
+            }
             _ => (1..columns.len()).map(|den| Ratio { num: 0, den }).collect(),
         };
         Self {
@@ -155,8 +158,8 @@ impl Report {
     /// The summary table: a row per metric, or with `--additions` a row per loop.
     #[must_use]
     pub fn render(&self) -> String {
-        if self.plan.additions {
-            return self.render_additions();
+        if self.plan.additions || !self.plan.prefetches.is_empty() {
+            return self.render_against_first();
         }
         let many = self.runs.len() > 1;
         let mut header: Vec<String> = vec![if many { "median (min–max)" } else { "" }.to_owned()];
@@ -182,8 +185,9 @@ impl Report {
         out
     }
 
-    /// A row per loop: the lean one, then each addition, with its paired ratios to the lean one.
-    fn render_additions(&self) -> String {
+    /// A row per loop (the lean one then each addition, or warren at each
+    /// prefetch), with its paired ratios to the first.
+    fn render_against_first(&self) -> String {
         let by_key = |key: &str| self.row(METRICS.iter().find(|m| m.key == key).expect("a metric"));
         let (rate, cpu, broker) = (
             by_key("end_to_end_rate"),
@@ -192,15 +196,16 @@ impl Report {
         );
         let p99 = by_key("latency_p99_ms");
         let with_broker = broker.columns.iter().any(Option::is_some);
+        let first = if self.plan.additions { "÷ lean" } else { "÷ first" };
         let mut header = vec![
             "median (min–max)",
             "end-to-end (events/s)",
-            "÷ lean",
+            first,
             "client CPU/event (µs)",
-            "÷ lean",
+            first,
         ];
         if with_broker {
-            header.extend(["broker CPU/event (µs)", "÷ lean"]);
+            header.extend(["broker CPU/event (µs)", first]);
         }
         header.push("p99 (ms)");
         let rows: Vec<Vec<String>> = (0..self.columns.len())
@@ -219,7 +224,11 @@ impl Report {
             })
             .collect();
         let mut out = render_table(&header, &rows);
-        out.push_str("each addition alone on the lean loop; ratios are paired per run\n");
+        out.push_str(if self.plan.additions {
+            "each addition alone on the lean loop; ratios are paired per run\n"
+        } else {
+            "ratios to the first row (the configured prefetch) are paired per run\n"
+        });
         out
     }
 
@@ -359,6 +368,7 @@ mod tests {
             ingress: None,
             baseline: true,
             additions: false,
+            prefetches: Vec::new(),
             broker_pid: None,
             runs: 3,
         }
@@ -455,6 +465,27 @@ mod tests {
         let json = r.to_json();
         let ratio = &json["summary"]["cpu_us_per_event"]["ratios"]["lean+mandatory/lean"]["median"];
         assert!((ratio.as_f64().unwrap() - 1.1).abs() < 1e-6, "{ratio}");
+    }
+
+    #[test]
+    fn prefetches_compare_warren_at_each_with_the_configured_one_first() {
+        let mut r = Report::new(Plan {
+            baseline: false,
+            prefetches: vec![128, 256, 512],
+            ..plan()
+        });
+        let expected = [Kind::WarrenWith(256), Kind::WarrenWith(128), Kind::WarrenWith(512)];
+        assert_eq!(r.columns, expected, "the configured 256 first, once");
+        for i in 0..3 {
+            r.set(i, Kind::WarrenWith(256), figures(10_000.0, 30.0));
+            r.set(i, Kind::WarrenWith(512), figures(10_500.0, 29.0));
+        }
+        let table = r.render();
+        assert!(table.lines().next().unwrap().contains("÷ first"), "{table}");
+        let line = table.lines().find(|l| l.starts_with("warren, prefetch 512")).unwrap();
+        assert!(line.contains("10500    1.05×"), "{table}");
+        let json = r.to_json();
+        assert!(json["summary"]["end_to_end_rate"]["ratios"]["warren@512/warren@256"]["median"].is_number());
     }
 
     #[test]

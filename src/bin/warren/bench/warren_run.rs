@@ -34,7 +34,7 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
         std::future::ready(Ok::<(), HandlerError>(()))
     };
     let limits = Limits {
-        prefetch: plan.prefetch,
+        prefetch: arena.settings.consumer.prefetch,
         concurrency: plan.concurrency,
     };
     let consumer = Consumer::new(arena.settings.clone()).on_with(handler, limits);
