@@ -1,4 +1,4 @@
-//! The yardstick: the same work as the warren run in a tight bare-lapin loop.
+//! The matched baseline: the same work as the warren run in a tight bare-lapin loop.
 //!
 //! Same bodies and AMQP properties, persistent and mandatory publishes on one
 //! confirm channel shared by the same number of tasks with the same window of

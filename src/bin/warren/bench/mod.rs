@@ -5,10 +5,12 @@
 //! handler that records the publish→handler latency from a timestamp inside
 //! the event. The **warren** run publishes with [`Publisher`](warren::Publisher)
 //! (or through an HTTP ingress) and consumes with
-//! [`Consumer`](warren::consumer::Consumer); the **baseline** run does the same
-//! work in a tight bare-lapin loop, so warren's figures can be read as ratios
-//! of it. With `--runs K` the two alternate (warren first in odd runs,
-//! baseline first in even ones) and the report gives medians with min–max.
+//! [`Consumer`](warren::consumer::Consumer). Two bare-lapin loops are the
+//! yardsticks: the **matched baseline** does warren's work (its body,
+//! properties, window and prefetch) in a tight loop, and the **lean** loop
+//! ([`lean`]) is the fastest correct loop this bench knows, alone or with one
+//! of warren's additions. With `--runs K` the loops take turns going first
+//! and the report gives medians with min–max of ratios paired per run.
 //!
 //! - [`load`]: event bodies, publisher quotas and pacing, the recorder.
 //! - [`arena`]: the run's unique topology, declared and cleaned up.
