@@ -145,10 +145,10 @@ fn prefetches_run_warren_at_each_and_at_the_configured_one() {
     );
     let json = report(&out);
     let run = &json["runs"][0];
-    for kind in ["warren@256", "warren@64", "warren@1000"] {
+    for kind in ["warren@512", "warren@64", "warren@1000"] {
         assert_eq!(run[kind]["events"], 300, "{kind}: {run}");
     }
-    assert!(json["summary"]["end_to_end_rate"]["ratios"]["warren@64/warren@256"]["median"].is_number());
+    assert!(json["summary"]["end_to_end_rate"]["ratios"]["warren@64/warren@512"]["median"].is_number());
 }
 
 #[test]

@@ -251,7 +251,7 @@ mod tests {
         let loaded = load(&[("WARREN_CONSUMER__PREFECH", "3")]);
         assert_eq!(loaded.warnings.len(), 1);
         assert!(loaded.warnings[0].contains("WARREN_CONSUMER__PREFECH"));
-        assert_eq!(loaded.settings.consumer.prefetch, 256);
+        assert_eq!(loaded.settings.consumer.prefetch, 512);
     }
 
     #[test]

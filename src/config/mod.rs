@@ -291,7 +291,7 @@ impl Default for Settings {
             consumer: ConsumerSettings {
                 service: "warren".into(),
                 event_types: crate::event::EVENT_TYPES.iter().map(|t| t.name.to_owned()).collect(),
-                prefetch: 256,
+                prefetch: 512,
                 concurrency: 64,
                 shutdown_timeout: Duration::from_secs(30),
                 retry: RetrySettings {
