@@ -2,14 +2,13 @@
 //! this bench knows, tuned for speed alone, and the same loop with one of
 //! warren's additions at a time (`--additions`), to put a price on each.
 //!
-//! Lean means: [`PUBLISHERS`] tasks × [`WINDOW`] confirms in flight on one
-//! confirm channel, persistent publishes with no other property, not
-//! mandatory, the seed's envelope without an `event_id` (plain `serde_json`
-//! both ways), prefetch [`PREFETCH`], one `multiple` ack every [`ACK_EVERY`]
-//! deliveries or when the stream is momentarily idle. These settings won a
-//! sweep on the bench machine (docs/BENCHMARKS.md). `--prefetch` does not
-//! change them; `--publishers` and `--window`, when given, apply to every
-//! loop, the lean one included (to compare them at one window).
+//! Lean means: the bench's publishers and window (8 tasks × 128 confirms in
+//! flight by default, as every loop) on one confirm channel, persistent
+//! publishes with no other property, not mandatory, the seed's envelope
+//! without an `event_id` (plain `serde_json` both ways), prefetch
+//! [`PREFETCH`], one `multiple` ack every [`ACK_EVERY`] deliveries or when the
+//! stream is momentarily idle, whatever `--prefetch` says (docs/BENCHMARKS.md
+//! has how these were chosen).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,10 +34,6 @@ use warren::event::{Envelope, Event, UserRegistered};
 use warren::publisher::event_properties;
 use warren::publisher::expiry::Expiries;
 
-/// Publisher tasks of the lean loop.
-pub const PUBLISHERS: usize = 8;
-/// Confirms each lean publisher task keeps in flight.
-pub const WINDOW: usize = 128;
 /// The lean consumer's `basic.qos`.
 pub const PREFETCH: u16 = 512;
 /// Deliveries per `multiple` ack.
@@ -155,8 +150,8 @@ pub async fn run(arena: &Arena, plan: &Plan, addition: Option<Addition>, label: 
     let progress = Progress::start(label, recorder.clone(), plan.events);
     let measurement = Measurement::begin(recorder.clone(), plan.broker_pid);
     let mut publishers = JoinSet::new();
-    for quota in Quota::split(plan.limit(), plan.rate, plan.lean_publishers) {
-        let (source, rec, window) = (source.clone(), recorder.clone(), plan.lean_window);
+    for quota in Quota::split(plan.limit(), plan.rate, plan.publishers) {
+        let (source, rec, window) = (source.clone(), recorder.clone(), plan.window);
         publishers.spawn(async move {
             publish_all(quota, window, &rec, |seq, now| source.publish(seq, now)).await;
         });

@@ -60,14 +60,12 @@ pub struct BenchArgs {
     /// smallest envelope is about 285 bytes).
     #[arg(long, value_name = "BYTES", default_value_t = 300)]
     pub payload_size: usize,
-    /// Publisher tasks (sharing one confirm channel) [default: 4; the lean
-    /// loop's 8, unless given].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub publishers: Option<u32>,
-    /// Confirms each publisher task keeps in flight [default: 64; the lean
-    /// loop's 128, unless given].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535))]
-    pub window: Option<u32>,
+    /// Publisher tasks (sharing one confirm channel), in every loop.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub publishers: u32,
+    /// Confirms each publisher task keeps in flight, in every loop.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub window: u32,
     /// Consumer prefetch (basic.qos) [default: consumer.prefetch].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
@@ -136,9 +134,6 @@ pub struct Plan {
     pub payload_size: usize,
     pub publishers: usize,
     pub window: usize,
-    /// The lean loop's publishers and window: its own unless given.
-    pub lean_publishers: usize,
-    pub lean_window: usize,
     pub prefetch: u16,
     pub concurrency: usize,
     pub queue_type: QueueType,
@@ -167,10 +162,8 @@ impl Plan {
             duration_s: args.duration.map(|d| d.as_secs_f64()),
             rate: args.rate,
             payload_size: args.payload_size,
-            publishers: args.publishers.map_or(4, |n| n as usize),
-            window: args.window.map_or(64, |n| n as usize),
-            lean_publishers: args.publishers.map_or(lean::PUBLISHERS, |n| n as usize),
-            lean_window: args.window.map_or(lean::WINDOW, |n| n as usize),
+            publishers: args.publishers as usize,
+            window: args.window as usize,
             prefetch: args.prefetch.unwrap_or(settings.consumer.prefetch),
             concurrency: args.concurrency.map_or(settings.consumer.concurrency, |c| c as usize),
             queue_type: args.queue_type.unwrap_or(settings.topology.queue_type),
@@ -243,9 +236,7 @@ impl Plan {
         };
         let lean = if self.baseline || self.additions {
             format!(
-                "; lean loop: {} × {}, prefetch {}, an ack every {}",
-                self.lean_publishers,
-                self.lean_window,
+                "; lean loop: prefetch {}, an ack every {}",
                 lean::PREFETCH,
                 lean::ACK_EVERY
             )

@@ -360,8 +360,6 @@ mod tests {
             payload_size: 300,
             publishers: 4,
             window: 64,
-            lean_publishers: 8,
-            lean_window: 128,
             prefetch: 256,
             concurrency: 64,
             queue_type: QueueType::Quorum,
