@@ -51,7 +51,7 @@ for queues in classic quorum; do
   run --baseline --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
   run --baseline --rate 1000 --duration 10s --runs 5 --queue-type "$queues"
   run --additions --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
-  run --prefetches 128,512,1024 --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
+  run --prefetches 128,256,1024 --events "$events" --runs "$runs" --queue-type "$queues" "${broker_pid[@]}"
 done
 [[ "${SERIES:-}" == short ]] && exit 0
 

@@ -130,7 +130,7 @@ enum Command {
     /// service's `.dead` queues.
     Dead(dead::DeadArgs),
     /// Load-test publish → broker → handler on throwaway queues; with
-    /// --baseline, against a bare-lapin loop doing the same work.
+    /// --baseline, against two bare-lapin loops (warren's work, and the leanest).
     Bench(bench::BenchArgs),
 }
 

@@ -95,7 +95,7 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with_all = ["ingress", "baseline", "relay"])]
     pub additions: bool,
     /// Compare warren's consumer at these prefetch counts (each acking every
-    /// prefetch/4) with its configured one, paired per run: 128,512,1024.
+    /// prefetch/4) with its configured one, paired per run: 128,256,1024.
     #[arg(long, value_name = "LIST", value_delimiter = ',', conflicts_with_all = ["ingress", "baseline", "relay", "additions"], value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetches: Vec<u16>,
     /// Print the figures as JSON on stdout.
