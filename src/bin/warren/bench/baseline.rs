@@ -14,7 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -117,18 +117,24 @@ async fn publish(channel: &Channel, exchange: &ShortString, event: &Envelope<Use
     let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
     // The publisher's own wire properties: the baseline carries what warren carries.
     let properties = event_properties(event.event_id, &event.event_type, event.timestamp, &event.source, None);
+    publish_confirmed(channel, exchange, true, &body, properties).await
+}
+
+/// Publishes one `user.registered` body and waits for its confirm; a
+/// returned (unroutable) or nacked message is an error.
+pub(super) async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &ShortString,
+    mandatory: bool,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), String> {
     let options = BasicPublishOptions {
-        mandatory: true,
+        mandatory,
         immediate: false,
     };
     let confirm = channel
-        .basic_publish(
-            exchange.clone(),
-            UserRegistered::TYPE.into(),
-            options,
-            &body,
-            properties,
-        )
+        .basic_publish(exchange.clone(), UserRegistered::TYPE.into(), options, body, properties)
         .await
         .map_err(|e| describe(&e))?;
     match confirm.await.map_err(|e| describe(&e))? {

@@ -14,22 +14,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::arena::{Arena, within};
-use super::baseline::{consume, open_consumer, open_publisher};
+use super::baseline::{consume, open_consumer, open_publisher, publish_confirmed};
 use super::drive::{Measurement, publish_all};
 use super::figures::Raw;
 use super::load::{Payload, Quota, Recorder};
 use super::progress::Progress;
 use super::{BenchError, Plan};
-use warren::amqp::describe;
 use warren::event::{Envelope, Event, UserRegistered};
 use warren::publisher::event_properties;
 use warren::publisher::expiry::Expiries;
@@ -228,27 +226,8 @@ impl Source {
             _ => (serde_json::to_vec(&seed(&data)), persistent()),
         };
         let body = body.map_err(|e| e.to_string())?;
-        let options = BasicPublishOptions {
-            mandatory: self.addition == Some(Addition::Mandatory),
-            immediate: false,
-        };
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.exchange.clone(),
-                UserRegistered::TYPE.into(),
-                options,
-                &body,
-                properties,
-            )
-            .await
-            .map_err(|e| describe(&e))?;
-        match confirm.await.map_err(|e| describe(&e))? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err("returned: unroutable".into()),
-            Confirmation::Nack(_) => Err("nacked".into()),
-            Confirmation::NotRequested => Err("confirms not enabled".into()),
-        }
+        let mandatory = self.addition == Some(Addition::Mandatory);
+        publish_confirmed(&self.channel, &self.exchange, mandatory, &body, properties).await
     }
 }
 
