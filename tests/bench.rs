@@ -40,6 +40,13 @@ fn bench_queues() -> BTreeSet<String> {
         .collect()
 }
 
+/// Fails when bench queues exist now that did not before.
+fn assert_none_left(before: &BTreeSet<String>) {
+    let after = bench_queues();
+    let left: Vec<_> = after.difference(before).collect();
+    assert!(left.is_empty(), "queues left behind: {left:?}");
+}
+
 fn report(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -74,9 +81,7 @@ fn baseline_run_counts_every_event_reports_ratios_and_cleans_up() {
             .unwrap_or_else(|| panic!("no {ratio} ratio: {}", json["summary"]));
         assert!(median > 0.0, "{ratio}: {median}");
     }
-    let after = bench_queues();
-    let left: Vec<_> = after.difference(&before).collect();
-    assert!(left.is_empty(), "queues left behind: {left:?}");
+    assert_none_left(&before);
 }
 
 #[test]
@@ -122,9 +127,7 @@ fn additions_run_the_lean_loop_with_each_addition_and_measure_a_given_process() 
     assert_eq!(kinds.len(), 8, "{kinds:?}");
     let cpu = &json["summary"]["cpu_us_per_event"]["ratios"]["lean+metrics/lean"]["median"];
     assert!(cpu.as_f64().is_some_and(|r| r > 0.0), "{cpu}");
-    let after = bench_queues();
-    let left: Vec<_> = after.difference(&before).collect();
-    assert!(left.is_empty(), "queues left behind: {left:?}");
+    assert_none_left(&before);
 }
 
 #[test]
@@ -232,9 +235,7 @@ fn ingress_run_posts_every_event_through_http() {
     assert!(run["publish_rate"].as_f64().unwrap() > 0.0, "{run}");
     assert_eq!(json["plan"]["ingress"], ingress.1.as_str());
     drop(ingress);
-    let after = bench_queues();
-    let left: Vec<_> = after.difference(&before).collect();
-    assert!(left.is_empty(), "queues left behind: {left:?}");
+    assert_none_left(&before);
     delete_exchange(&exchange);
 }
 
