@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::arena::{Arena, within};
-use super::drive::{Measurement, publish_all};
+use super::drive::{Measurement, consumer_ready, publish_all};
 use super::figures::Raw;
 use super::load::{Payload, Quota, Recorder};
 use super::progress::Progress;
@@ -49,7 +49,7 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
         Ok(())
     };
     let mut consumer = tokio::spawn(consume(channel, deliveries, ack_every, stop.clone(), handle));
-    arena.wait_for_consumers(1).await?;
+    consumer_ready(arena, &mut consumer).await?;
     let (publisher_conn, channel) = within("starting the baseline publisher", open_publisher(arena)).await?;
     let exchange = ShortString::from(arena.topology.exchange.as_str());
     let payload = Payload::new(plan.payload_size);

@@ -12,6 +12,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::BenchError;
+use super::arena::Arena;
 use super::figures::Raw;
 use super::load::{Quota, Recorder};
 use super::stats;
@@ -36,6 +37,31 @@ where
             else => break,
         }
     }
+}
+
+/// Waits until the consumer task `consumer` is subscribed to `arena`'s work
+/// queue; a consumer that ends first says why, rather than the wait timing out.
+///
+/// # Errors
+///
+/// [`BenchError::ConsumerStopped`], or the wait's error.
+pub async fn consumer_ready<E: Display>(
+    arena: &Arena,
+    consumer: &mut JoinHandle<Result<(), E>>,
+) -> Result<(), BenchError> {
+    tokio::select! {
+        ready = arena.wait_for_consumers(1) => ready,
+        joined = &mut *consumer => Err(stopped(joined)),
+    }
+}
+
+/// Why a consumer task ended.
+fn stopped<E: Display>(joined: Result<Result<(), E>, tokio::task::JoinError>) -> BenchError {
+    BenchError::ConsumerStopped(match joined {
+        Ok(Ok(())) => "it returned".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    })
 }
 
 /// CPU time (this process's, and the broker's when its pid is known) and
@@ -91,14 +117,7 @@ impl Measurement {
                     }
                 },
                 () = rec.done().cancelled() => break,
-                joined = &mut *consumer => {
-                    let why = match joined {
-                        Ok(Ok(())) => "it returned".to_owned(),
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    return Err(BenchError::ConsumerStopped(why));
-                }
+                joined = &mut *consumer => return Err(stopped(joined)),
                 _ = watchdog.tick() => {
                     let now = moved();
                     if now == seen {

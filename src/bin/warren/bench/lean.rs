@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::arena::{Arena, within};
 use super::baseline::{consume, open_consumer, open_publisher, publish_confirmed};
-use super::drive::{Measurement, publish_all};
+use super::drive::{Measurement, consumer_ready, publish_all};
 use super::figures::Raw;
 use super::load::{Payload, Quota, Recorder};
 use super::progress::Progress;
@@ -135,7 +135,7 @@ pub async fn run(arena: &Arena, plan: &Plan, addition: Option<Addition>, label: 
     let mut consumer = tokio::spawn(consume(channel, deliveries, ack_every, stop.clone(), move |body| {
         sink.handle(body)
     }));
-    arena.wait_for_consumers(1).await?;
+    consumer_ready(arena, &mut consumer).await?;
     let (publisher_conn, channel) = within("starting the lean publisher", open_publisher(arena)).await?;
     let source = Arc::new(Source {
         channel,

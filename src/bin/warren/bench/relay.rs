@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::arena::{Arena, within};
+use super::drive::consumer_ready;
 use super::{BenchError, Kind, Plan, run_one, stats};
 use warren::config::Settings;
 use warren::consumer::{Consumer, Context, HandlerError, Limits};
@@ -90,8 +91,8 @@ async fn relay_run(arena: &Arena, plan: &Plan, events: usize) -> Result<Relayed,
         concurrency: plan.concurrency,
     };
     let consumer = Consumer::new(settings.clone()).on_with(handler, limits);
-    tokio::spawn(consumer.run(stop.clone()));
-    arena.wait_for_consumers(1).await?;
+    let mut consumer = tokio::spawn(consumer.run(stop.clone()));
+    consumer_ready(arena, &mut consumer).await?;
     let publisher = within("connecting the publisher", async {
         Ok(Publisher::connect(&settings, "bench relay").await?)
     })

@@ -7,7 +7,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::arena::{Arena, within};
-use super::drive::{Measurement, publish_all};
+use super::drive::{Measurement, consumer_ready, publish_all};
 use super::figures::Raw;
 use super::load::{Payload, Quota, Recorder};
 use super::progress::Progress;
@@ -39,7 +39,7 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
     };
     let consumer = Consumer::new(arena.settings.clone()).on_with(handler, limits);
     let mut consumer = tokio::spawn(consumer.run(stop.clone()));
-    arena.wait_for_consumers(1).await?;
+    consumer_ready(arena, &mut consumer).await?;
 
     let payload = Payload::new(plan.payload_size);
     let mut publishers = JoinSet::new();
