@@ -12,11 +12,14 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use lapin::Connection;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use support::cluster::{Cluster, NODES};
 use support::faults::{self, Handled, N, Plan, Report};
 use tokio_util::sync::CancellationToken;
@@ -361,4 +364,62 @@ fn wait_for_every_replica(cluster: &Cluster, restarted: usize) {
         std::thread::sleep(Duration::from_millis(500));
     }
     panic!("{node}'s quorum queue replicas did not come back online");
+}
+
+/// Every node killed at once, as a host crash does (or a machine that kept
+/// the cluster's data from an earlier run): `scripts/cluster start` brings
+/// all three back as one cluster, holding the quorum queue declared before.
+/// Each node waits at boot for the one that stopped last, so they have to
+/// start together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_killed_at_once_comes_back_as_one_cluster() {
+    let cluster = Cluster::get();
+    let _turn = NODES_IN_USE.lock().await;
+    let _restore = Restore(cluster);
+    tokio::task::spawn_blocking(|| cluster.start()).await.unwrap();
+    let queue = support::unique("t-c-all-killed");
+    let quorum = FieldTable::from(BTreeMap::from([(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("quorum".into()),
+    )]));
+    let conn = support::connect_to(&cluster.url(1)).await;
+    let ch = conn.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(queue.as_str().into(), durable, quorum).await.unwrap();
+    let _ = conn.close(200, "declared".into()).await;
+
+    tokio::task::spawn_blocking(|| {
+        for i in 1..=NODES {
+            cluster.kill(i);
+        }
+        // Asserts that every node is a running member again.
+        cluster.start();
+    })
+    .await
+    .unwrap();
+
+    for i in 1..=NODES {
+        let conn = support::connect_to(&cluster.url(i)).await;
+        let ch = conn.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let found = ch
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await;
+        assert!(
+            found.is_ok(),
+            "node {i} does not know {queue} after the restart: {found:?}"
+        );
+        if i == NODES {
+            ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        }
+        let _ = conn.close(200, "checked".into()).await;
+    }
 }
