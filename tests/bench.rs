@@ -133,6 +133,7 @@ fn additions_run_the_lean_loop_with_each_addition_and_measure_a_given_process() 
 #[test]
 fn prefetches_run_warren_at_each_and_at_the_configured_one() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let before = bench_queues();
     let exchange = support::unique("bench-prefetch-x");
     let out = bench(
         &[
@@ -152,6 +153,7 @@ fn prefetches_run_warren_at_each_and_at_the_configured_one() {
         assert_eq!(run[kind]["events"], 300, "{kind}: {run}");
     }
     assert!(json["summary"]["end_to_end_rate"]["ratios"]["warren@64/warren@512"]["median"].is_number());
+    assert_none_left(&before);
 }
 
 #[test]
