@@ -361,11 +361,11 @@ impl<E: Event> Envelope<E> {
     /// type, `data` an object of `E`. `None` for anything else, which
     /// [`Envelope::from_slice`] reads again, apart, to say what is wrong.
     fn from_slice_fast(body: &[u8]) -> Option<Self> {
-        portable::check(body).ok()?;
+        let text = portable::check_text(body).ok()?;
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return None;
         }
-        let env: Envelope<object::Object<E>> = serde_json::from_slice(body).ok()?;
+        let env: Envelope<object::Object<E>> = serde_json::from_str(text).ok()?;
         (env.event_type == E::TYPE).then(|| Envelope {
             data: env.data.0,
             event_id: env.event_id,
@@ -468,15 +468,16 @@ impl RawEnvelope {
 /// Deserializes a whole body (trailing bytes are malformed), naming the
 /// field that does not fit. The body must be [`portable`] and an object.
 fn decode<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, DecodeError> {
-    portable::check(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    // Checked as UTF-8 here, so serde_json need not check each string again.
+    let text = portable::check_text(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return Err(not_an_object(body));
     }
     // Fast path; only a body that fails pays for tracking the path.
-    if let Ok(value) = serde_json::from_slice(body) {
+    if let Ok(value) = serde_json::from_str(text) {
         return Ok(value);
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

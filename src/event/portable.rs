@@ -82,7 +82,20 @@ impl PortableError {
 ///
 /// The first [`PortableError`] in the document.
 pub fn check(json: &[u8]) -> Result<(), PortableError> {
-    Scan::new(json, "", 0).run()
+    check_text(json).map(|_| ())
+}
+
+/// [`check`], giving the document back as the text it was found to be, so
+/// that a parser can skip checking its strings' UTF-8 again
+/// (`serde_json::from_str` against `from_slice`).
+///
+/// # Errors
+///
+/// The first [`PortableError`] in the document.
+pub fn check_text(json: &[u8]) -> Result<&str, PortableError> {
+    let text = std::str::from_utf8(json).map_err(|e| not_utf8(json, e.valid_up_to()))?;
+    Scan::new(json, "", 0).run()?;
+    Ok(text)
 }
 
 /// Checks the `data` of an envelope on its own: paths start with `data`,
@@ -92,6 +105,7 @@ pub fn check(json: &[u8]) -> Result<(), PortableError> {
 ///
 /// The first [`PortableError`] in it.
 pub fn check_data(json: &[u8]) -> Result<(), PortableError> {
+    std::str::from_utf8(json).map_err(|e| not_utf8(json, e.valid_up_to()))?;
     Scan::new(json, "data", 1).run()
 }
 
@@ -129,10 +143,8 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Scans a document already known to be UTF-8.
     fn run(mut self) -> Result<(), PortableError> {
-        if let Err(e) = std::str::from_utf8(self.bytes) {
-            return Err(not_utf8(self.bytes, e.valid_up_to()));
-        }
         let mut i = 0;
         while let Some(&b) = self.bytes.get(i) {
             i = match b {
