@@ -44,7 +44,7 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
     let rec = recorder.clone();
     let handle = move |body: &[u8]| {
         let event: Envelope<UserRegistered> =
-            serde_json::from_slice(body).map_err(|e| format!("undecodable body: {e}"))?;
+            serde_json::from_str(body_text(body)?).map_err(|e| format!("undecodable body: {e}"))?;
         rec.handled(Payload::sent_ns(&event.data.username).unwrap_or_else(|| rec.now_ns()));
         Ok(())
     };
@@ -75,6 +75,12 @@ pub async fn run(arena: &Arena, plan: &Plan, label: String) -> Result<Raw, Bench
     let _ = publisher_conn.close(200, "done".into()).await;
     let _ = consumer_conn.close(200, "done".into()).await;
     raw
+}
+
+/// A body as text, checked as UTF-8 at once: serde_json's `from_str` then
+/// skips checking each string, faster than `from_slice` (as warren reads).
+pub(super) fn body_text(body: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(body).map_err(|e| format!("undecodable body: {e}"))
 }
 
 fn broker(e: lapin::Error) -> BenchError {

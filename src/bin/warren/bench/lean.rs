@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::arena::{Arena, within};
-use super::baseline::{consume, open_consumer, open_publisher, publish_confirmed};
+use super::baseline::{body_text, consume, open_consumer, open_publisher, publish_confirmed};
 use super::drive::{Measurement, consumer_ready, publish_all};
 use super::figures::Raw;
 use super::load::{Payload, Quota, Recorder};
@@ -268,13 +268,13 @@ impl Sink {
                     .username
             }
             Some(Addition::EventId) => {
-                serde_json::from_slice::<Envelope<UserRegistered>>(body)
+                serde_json::from_str::<Envelope<UserRegistered>>(body_text(body)?)
                     .map_err(|e| format!("undecodable body: {e}"))?
                     .data
                     .username
             }
             _ => {
-                serde_json::from_slice::<Seed<String, UserRegistered>>(body)
+                serde_json::from_str::<Seed<String, UserRegistered>>(body_text(body)?)
                     .map_err(|e| format!("undecodable body: {e}"))?
                     .data
                     .username
