@@ -423,3 +423,30 @@ async fn every_node_killed_at_once_comes_back_as_one_cluster() {
         let _ = conn.close(200, "checked".into()).await;
     }
 }
+
+/// A node keeps the working directory it was started in. Started from a
+/// directory that is deleted afterwards (a clone the tests ran in), it
+/// failed every file-name lookup and its management API answered 500; the
+/// nodes now run from their own directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_from_a_deleted_directory_keeps_its_management_api() {
+    let cluster = Cluster::get();
+    let _turn = NODES_IN_USE.lock().await;
+    let _restore = Restore(cluster);
+    let gone = std::env::temp_dir().join(support::unique("warren-started-here"));
+    std::fs::create_dir_all(&gone).unwrap();
+    let dir = gone.clone();
+    tokio::task::spawn_blocking(move || {
+        cluster.start();
+        cluster.kill(NODES);
+        cluster.start_from(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await
+    .unwrap();
+    // The management plugin reads its file names every 5 s.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let port = cluster.management_port(NODES);
+    let (status, body) = support::management::request(port, "GET", "/api/overview");
+    assert_eq!(status, 200, "node {NODES} started from the deleted {gone:?}: {body}");
+}

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -52,8 +53,14 @@ impl Cluster {
     /// `scripts/cluster start`: starts what is not running (a killed node
     /// comes back with its data) and checks every node is a member.
     pub fn start(&self) {
+        self.start_from(Path::new("."));
+    }
+
+    /// [`Cluster::start`], run from the directory `cwd`.
+    pub fn start_from(&self, cwd: &Path) {
         let out = Command::new(script())
             .args(["start", "--nodes", &NODES.to_string(), "--base", &self.base.to_string()])
+            .current_dir(cwd)
             .output()
             .expect("running scripts/cluster (bash, and RabbitMQ's /usr/lib/rabbitmq/bin)");
         assert!(
