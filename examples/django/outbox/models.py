@@ -1,11 +1,13 @@
 """The outbox table as a Django model, for the admin and for queries.
 
-`managed = False`: the table is created by `warren relay schema` (add it to a
-migration with `migrations.RunSQL(open("warren_outbox.sql").read())`), and
-rows are written with `publish_in_transaction`, which needs no model.
+`managed = False`: the table is created by this app's migration (the DDL of
+`warren relay schema`), and rows are written with publish_in_transaction,
+which needs no model. Its name comes from WARREN_OUTBOX_TABLE (outbox.table).
 """
 
 from django.db import models
+
+from . import table
 
 
 class OutboxEvent(models.Model):
@@ -22,5 +24,5 @@ class OutboxEvent(models.Model):
 
     class Meta:
         managed = False
-        db_table = "warren_outbox"
+        db_table = table.db_table()
         ordering = ["id"]
