@@ -223,3 +223,42 @@ async fn a_replay_killed_at_a_random_point_then_rerun_loses_nothing() {
     );
     support::cleanup(&conn, &topology).await;
 }
+
+#[test]
+fn the_ingress_refuses_an_export_dir_that_is_not_a_directory() {
+    let file = std::env::temp_dir().join(format!("{}.txt", support::unique("not-a-dir")));
+    std::fs::write(&file, "x").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("ingress")
+        .current_dir(std::env::temp_dir())
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url())
+        .env("WARREN_INGRESS__LISTEN", "127.0.0.1:0")
+        .env("WARREN_DEAD__EXPORT_DIR", &file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run warren");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&file);
+            panic!("warren ingress started with dead.export_dir = a file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("dead.export_dir") && stderr.contains("is not a directory"),
+        "{stderr}"
+    );
+}
