@@ -8,7 +8,7 @@
 //! client gone, a kill -9) leaves each event in `.dead` or in the file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::record::Record;
@@ -100,21 +100,29 @@ impl Drop for FileSink {
 }
 
 /// Reads an export: every line a record that can be published back, or an
-/// error naming the line. Blank lines are skipped.
+/// error naming the line. Blank lines are skipped, and so is a last line
+/// without its line break that is no record: a purge killed while writing
+/// it never committed it, so its message is still parked.
 ///
 /// # Errors
 ///
 /// A message naming the file and, for a bad record, its line.
 pub fn read_export(path: &Path) -> Result<Vec<Record>, String> {
-    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let mut text = String::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("reading {}: {e}", path.display()))?;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{} line {}", path.display(), i + 1);
-        let r: Record = serde_json::from_str(&line).map_err(|e| format!("{}: not an export record: {e}", at()))?;
+        let r: Record = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(_) if !line.ends_with('\n') => break,
+            Err(e) => return Err(format!("{}: not an export record: {e}", at())),
+        };
         r.to_message().map_err(|e| format!("{}: {e}", at()))?;
         out.push(r);
     }
@@ -220,6 +228,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept\n");
         let err = read_export(&path).unwrap_err();
         assert!(err.contains("line 1: not an export record"), "{err}");
+        // A last line cut short (a purge killed while writing it) is no record yet.
+        let record = serde_json::to_string(&Record::of("q.dead", &BasicProperties::default(), b"{}")).unwrap();
+        std::fs::write(&path, format!("{record}\n{}", &record[..20])).unwrap();
+        assert_eq!(read_export(&path).unwrap().len(), 1);
+        std::fs::write(&path, format!("{}\n{record}\n", &record[..20])).unwrap();
+        assert!(read_export(&path).unwrap_err().contains("line 1"));
         let err = FileSink::create_in(&path).err().unwrap();
         assert!(err.contains("not a directory"), "{err}");
         assert!(check_dir(&path).is_err());
