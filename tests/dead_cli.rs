@@ -223,3 +223,154 @@ async fn a_replay_killed_at_a_random_point_then_rerun_loses_nothing() {
     );
     support::cleanup(&conn, &topology).await;
 }
+
+#[test]
+fn the_ingress_refuses_an_export_dir_that_is_not_a_directory() {
+    let file = std::env::temp_dir().join(format!("{}.txt", support::unique("not-a-dir")));
+    std::fs::write(&file, "x").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("ingress")
+        .current_dir(std::env::temp_dir())
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url())
+        .env("WARREN_INGRESS__LISTEN", "127.0.0.1:0")
+        .env("WARREN_DEAD__EXPORT_DIR", &file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run warren");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&file);
+            panic!("warren ingress started with dead.export_dir = a file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("dead.export_dir") && stderr.contains("is not a directory"),
+        "{stderr}"
+    );
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `POST /dead/purge` of everything and does not wait for the answer.
+fn send_purge(port: u16) -> std::net::TcpStream {
+    let body = r#"{"confirm": true}"#;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the ingress listens");
+    write!(
+        stream,
+        "POST /dead/purge HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn an_http_purge_killed_half_way_leaves_each_event_parked_or_in_its_export() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-kill-purge", false);
+    let topology = support::declare(&conn, &s).await;
+    let dead = topology.dead_queue("user.registered");
+    let exports = std::env::temp_dir().join(support::unique("dead-exports"));
+    let ids = park(&conn, &dead, 2000, "exhausted").await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("ingress")
+        .current_dir(std::env::temp_dir())
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url())
+        .env("WARREN_TOPOLOGY__EXCHANGE", &s.topology.exchange)
+        .env("WARREN_CONSUMER__SERVICE", &s.consumer.service)
+        .env("WARREN_TOPOLOGY__QUEUE_TYPE", "classic")
+        .env("WARREN_INGRESS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("WARREN_DEAD__EXPORT_DIR", &exports)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run warren");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the ingress never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _request = send_purge(port);
+    // Kill once the purge is under way, at a point that differs per run.
+    let ch = conn.create_channel().await.unwrap();
+    while support::ready(&ch, &dead).await > 1900 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the purge never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let jitter = uuid::Uuid::now_v7().as_u128() as u64 % 200;
+    tokio::time::sleep(Duration::from_millis(jitter)).await;
+    let killed = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait().unwrap();
+
+    let files: Vec<_> = std::fs::read_dir(&exports)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    let mut exported = HashSet::new();
+    for file in &files {
+        for r in warren::dead::read_export(file).unwrap() {
+            exported.insert(r.properties.message_id.unwrap());
+        }
+    }
+    // The unacked originals come back when the broker sees the connection gone.
+    let mut parked = HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while parked.len() + exported.len() < ids.len() && std::time::Instant::now() < deadline {
+        for d in support::drain(&ch, &dead).await {
+            // The killed pass's marker carries no message id.
+            if let Some(id) = headers::message_id(&d.properties) {
+                parked.insert(id.to_owned());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(&exports);
+    support::cleanup(&conn, &topology).await;
+    assert_eq!(files.len(), 1, "the purge's export file");
+    assert!(
+        exported.len() < ids.len(),
+        "killed before the end ({} exported)",
+        exported.len()
+    );
+    let lost: Vec<&String> = ids
+        .iter()
+        .filter(|id| !parked.contains(*id) && !exported.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost ({} parked, {} exported)",
+        lost.len(),
+        parked.len(),
+        exported.len()
+    );
+}

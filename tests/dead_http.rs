@@ -3,12 +3,15 @@
 
 mod support;
 
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use lapin::BasicProperties;
@@ -90,10 +93,37 @@ async fn park(conn: &lapin::Connection, queue: &str, n: usize, reason: &str) -> 
     ids
 }
 
+/// A fresh directory for purge exports, removed by [`remove_exports`].
+fn export_dir(s: &mut Settings) -> PathBuf {
+    let dir = std::env::temp_dir().join(support::unique("dead-exports"));
+    s.dead.export_dir = dir.clone();
+    dir
+}
+
+fn remove_exports(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The event ids of every record in the export files of `dir`.
+fn exported_ids(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let path = entry.unwrap().path();
+        for r in warren::dead::read_export(&path).unwrap() {
+            ids.push(r.properties.message_id.unwrap());
+        }
+    }
+    ids
+}
+
 #[tokio::test]
 async fn list_stats_show_replay_and_purge_over_http() {
     let conn = support::connect().await;
-    let s = support::settings("dead-http", false);
+    let mut s = support::settings("dead-http", false);
+    let exports = export_dir(&mut s);
     let topology = support::declare(&conn, &s).await;
     let dead = topology.dead_queue("user.registered");
     let work = topology.work_queue("user.registered");
@@ -149,8 +179,99 @@ async fn list_stats_show_replay_and_purge_over_http() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["purged"].as_array().unwrap().len(), 2);
     assert_eq!(body["exported"][0]["properties"]["message_id"], permanent[0].as_str());
+    // The same records are in the file the answer names, readable by its owner only.
+    let file = PathBuf::from(body["export"].as_str().unwrap());
+    assert!(file.starts_with(exports.canonicalize().unwrap()), "{}", file.display());
+    assert_eq!(exported_ids(&exports), permanent);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
     support::wait_ready(&ch, &dead, 1, Duration::from_secs(5)).await;
+    // A purge that selects nothing leaves no file.
+    let none = json!({"filter": {"reason": "none-such"}, "confirm": true});
+    let (status, body) = call(&app, post("/dead/purge", &none)).await;
+    assert_eq!((status, &body["export"]), (StatusCode::OK, &Value::Null), "{body}");
+    assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 1);
+    remove_exports(&exports);
     support::cleanup(&conn, &topology).await;
+}
+
+/// Parks `n` events (settings changed by `tune`), starts a purge of all of
+/// them, and gives up on its answer after 300 ms, as a client that hangs up
+/// does (with `expect_answer`, the request timeout answers 503 before
+/// that); once the purge has run its course, every event is still parked
+/// or in the export file.
+async fn purge_cut_short(prefix: &str, n: usize, tune: impl FnOnce(&mut Settings), expect_answer: bool) {
+    let conn = support::connect().await;
+    let mut s = support::settings(prefix, true);
+    tune(&mut s);
+    let exports = export_dir(&mut s);
+    let topology = support::declare(&conn, &s).await;
+    let checked = AssertUnwindSafe(async {
+        let dead = topology.dead_queue("user.registered");
+        let mut parked = park(&conn, &dead, n, "exhausted").await;
+        let app = app(&s);
+        let purge = post("/dead/purge", &json!({"confirm": true}));
+        // The client waits 300 ms at most, then hangs up (drops the request).
+        let answer = tokio::time::timeout(Duration::from_millis(300), call(&app, purge)).await;
+        match answer {
+            Ok((status, body)) => {
+                assert!(expect_answer, "the purge answered in time: {status} {body}");
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            }
+            Err(_) => assert!(!expect_answer, "no answer within 300 ms"),
+        }
+        // The purge goes on without its client: wait until it has gone round.
+        let ch = conn.create_channel().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (mut left, mut exported) = (Vec::new(), Vec::new());
+        while tokio::time::Instant::now() < deadline {
+            exported = exported_ids(&exports);
+            if support::ready(&ch, &dead).await == 0 && exported.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        left.extend(
+            support::drain(&ch, &dead)
+                .await
+                .iter()
+                .map(|d| headers::message_id(&d.properties).unwrap().to_owned()),
+        );
+        let mut found: Vec<String> = [left.clone(), exported.clone()].concat();
+        found.sort();
+        found.dedup();
+        parked.sort();
+        assert_eq!(
+            found.len(),
+            parked.len(),
+            "{} parked, {} left in .dead, {} in the export: events lost",
+            parked.len(),
+            left.len(),
+            exported.len()
+        );
+        assert_eq!(found, parked);
+    })
+    .catch_unwind()
+    .await;
+    remove_exports(&exports);
+    support::cleanup(&conn, &topology).await;
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn a_purge_whose_client_hangs_up_loses_no_event() {
+    purge_cut_short("dead-hangup", 200, |_| {}, false).await;
+}
+
+#[tokio::test]
+async fn a_purge_past_the_request_timeout_loses_no_event() {
+    let tiny = |s: &mut Settings| s.ingress.request_timeout = Duration::from_millis(50);
+    purge_cut_short("dead-timeout", 200, tiny, true).await;
 }
 
 #[tokio::test]

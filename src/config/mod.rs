@@ -40,6 +40,7 @@ pub struct Settings {
     pub webhook: WebhookSettings,
     pub metrics: MetricsSettings,
     pub relay: RelaySettings,
+    pub dead: DeadSettings,
 }
 
 /// The broker connection.
@@ -264,6 +265,16 @@ pub struct RelaySettings {
     pub pool_size: usize,
 }
 
+/// The dead-letter operations (`warren dead`, the `/dead` routes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadSettings {
+    /// Where `POST /dead/purge` writes each removed message before it
+    /// removes it (made, mode 0700, at the first purge; relative to the
+    /// working directory).
+    pub export_dir: PathBuf,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -326,6 +337,9 @@ impl Default for Settings {
                 poll_interval: Duration::from_secs(1),
                 retention: Duration::from_secs(24 * 3600),
                 pool_size: 4,
+            },
+            dead: DeadSettings {
+                export_dir: "dead-exports".into(),
             },
         }
     }

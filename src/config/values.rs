@@ -57,7 +57,8 @@ fn kind_of(key: &str) -> Option<Kind> {
         | "relay.database_url"
         | "amqp.tls_ca_file"
         | "amqp.tls_cert_file"
-        | "amqp.tls_key_file" => Kind::Text,
+        | "amqp.tls_key_file"
+        | "dead.export_dir" => Kind::Text,
         "topology.exchange" | "consumer.service" | "relay.table" => Kind::Name,
         "amqp.heartbeat"
         | "publisher.confirm_timeout"

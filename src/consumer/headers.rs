@@ -28,6 +28,11 @@ pub const DEAD_LETTERED_AT: &str = "x-warren-dead-lettered-at";
 /// How many times `warren dead replay` sent it back; kept across retries so
 /// the replay cap holds when a replayed event fails again.
 pub const REPLAYS: &str = "x-warren-replays";
+/// The per-message TTL (`expiration` property) the event was first
+/// published with. Every copy warren makes drops the property, as the
+/// broker does when it dead-letters: a parked copy must not expire, and a
+/// retry must wait its tier's whole delay. The value stays visible here.
+pub const ORIGINAL_EXPIRATION: &str = "x-warren-original-expiration";
 
 /// Error summaries are cut to this many bytes: headers must stay far below
 /// `frame_max`, or the broker closes the connection.
@@ -89,7 +94,7 @@ pub(crate) fn republish_properties(
     if let Some(old) = old {
         for (k, v) in old.inner() {
             let k = k.as_str();
-            let ours = k.starts_with("x-warren-") && k != REPLAYS;
+            let ours = k.starts_with("x-warren-") && k != REPLAYS && k != ORIGINAL_EXPIRATION;
             if !ours && !k.starts_with("x-death") && !k.contains("-death-") {
                 headers.insert(k.into(), v.clone());
             }
@@ -124,7 +129,48 @@ pub(crate) fn republish_properties(
             headers.insert(ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(next_attempt)));
         }
     }
-    original.clone().with_headers(headers).with_delivery_mode(2)
+    without_expiration(&original.clone().with_headers(headers).with_delivery_mode(2))
+}
+
+/// `props` without the `expiration` property, its value kept in the
+/// [`ORIGINAL_EXPIRATION`] header (unless that header is set already: the
+/// first value is the original). Every copy warren publishes goes through
+/// it, so no copy can expire in a queue that should keep it.
+#[must_use]
+pub fn without_expiration(props: &BasicProperties) -> BasicProperties {
+    let Some(expiration) = props.expiration() else {
+        return props.clone();
+    };
+    let mut headers = props.headers().clone().unwrap_or_default();
+    if !headers.inner().contains_key(ORIGINAL_EXPIRATION) {
+        let value = AMQPValue::LongString(expiration.as_str().into());
+        headers.insert(ORIGINAL_EXPIRATION.into(), value);
+    }
+    // lapin's properties have setters but no way to unset one: copy every
+    // other field into a fresh value.
+    let mut out = BasicProperties::default().with_headers(headers);
+    macro_rules! copy {
+        ($($get:ident => $set:ident),* $(,)?) => {
+            $(if let Some(v) = props.$get() {
+                out = out.$set(v.clone());
+            })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    out
 }
 
 /// A header as text, for tests and tools.
@@ -205,6 +251,63 @@ mod tests {
         old.insert(REPLAYS.into(), AMQPValue::LongLongInt(2));
         let p = republish_properties(&BasicProperties::default().with_headers(old), &origin(), 2, "e", None);
         assert_eq!(int(&p, REPLAYS), Some(2));
+    }
+
+    /// Every property but `expiration` and `headers`, set.
+    fn all_but_expiration() -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_delivery_mode(2)
+            .with_priority(3)
+            .with_correlation_id("corr".into())
+            .with_reply_to("reply".into())
+            .with_message_id("id-1".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("user.login".into())
+            .with_user_id("guest".into())
+            .with_app_id("django".into())
+            .with_cluster_id("c".into())
+    }
+
+    #[test]
+    fn without_expiration_keeps_every_other_property_and_the_value_in_a_header() {
+        let mut h = FieldTable::default();
+        h.insert("traceparent".into(), AMQPValue::LongString("00-abc-def-01".into()));
+        let base = all_but_expiration().with_headers(h.clone());
+        let p = without_expiration(&base.clone().with_expiration("4000".into()));
+        assert_eq!(p.expiration(), &None);
+        h.insert(ORIGINAL_EXPIRATION.into(), AMQPValue::LongString("4000".into()));
+        assert_eq!(p, all_but_expiration().with_headers(h));
+        // Without the property, nothing changes.
+        assert_eq!(without_expiration(&base), base);
+    }
+
+    #[test]
+    fn without_expiration_keeps_the_first_original_value() {
+        let mut h = FieldTable::default();
+        h.insert(ORIGINAL_EXPIRATION.into(), AMQPValue::LongString("9000".into()));
+        let p = without_expiration(
+            &BasicProperties::default()
+                .with_headers(h)
+                .with_expiration("4000".into()),
+        );
+        assert_eq!(p.expiration(), &None);
+        assert_eq!(text(&p, ORIGINAL_EXPIRATION).as_deref(), Some("9000"));
+    }
+
+    #[test]
+    fn retried_and_parked_copies_carry_no_expiration() {
+        let original = all_but_expiration().with_expiration("4000".into());
+        let retry = republish_properties(&original, &origin(), 2, "e", None);
+        assert_eq!(retry.expiration(), &None);
+        assert_eq!(text(&retry, ORIGINAL_EXPIRATION).as_deref(), Some("4000"));
+        // The header survives the next republish, the one to `.dead`.
+        let dead = republish_properties(&retry, &origin(), 3, "e", Some(DeadReason::Exhausted));
+        assert_eq!(dead.expiration(), &None);
+        assert_eq!(text(&dead, ORIGINAL_EXPIRATION).as_deref(), Some("4000"));
+        assert_eq!(dead.message_id(), original.message_id());
+        assert_eq!(dead.priority(), original.priority());
     }
 
     #[test]

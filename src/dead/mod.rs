@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod export;
 mod filter;
 mod group;
 mod marker;
@@ -33,6 +34,7 @@ pub mod watch;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
+pub use export::{FileSink, check_dir as check_export_dir, read_export};
 pub use filter::{Filter, parse_time};
 pub use group::{Group, error_class, group_id, groups};
 pub use parked::{Parked, UNKNOWN_REASON};

@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::parked::Parked;
+use crate::consumer::headers::without_expiration;
 
 /// One exported message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,7 +98,8 @@ impl Record {
         }
     }
 
-    /// The body bytes and properties to publish back.
+    /// The body bytes and properties to publish back, without `expiration`
+    /// (its value goes to the `x-warren-original-expiration` header).
     ///
     /// # Errors
     ///
@@ -112,7 +114,9 @@ impl Record {
             _ => return Err(RecordError("needs exactly one of `body` and `body_base64`".into())),
         };
         let headers = json_to_table(&self.headers)?;
-        Ok((body, self.properties.to_amqp().with_headers(headers)))
+        // An imported message is a parked copy: it must not expire.
+        let props = without_expiration(&self.properties.to_amqp().with_headers(headers));
+        Ok((body, props))
     }
 }
 
@@ -354,6 +358,16 @@ mod tests {
             assert_eq!(b, body);
             assert!(line.contains("body_base64"), "{line}");
         }
+    }
+
+    #[test]
+    fn an_imported_record_carries_no_expiration() {
+        let line = r#"{"queue":"q.dead","properties":{"expiration":"4000","message_id":"m"},"body":{}}"#;
+        let (_, p) = serde_json::from_str::<Record>(line).unwrap().to_message().unwrap();
+        assert_eq!(p.expiration(), &None);
+        assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("m"));
+        let original = crate::consumer::headers::text(&p, crate::consumer::headers::ORIGINAL_EXPIRATION);
+        assert_eq!(original.as_deref(), Some("4000"));
     }
 
     #[test]

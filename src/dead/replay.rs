@@ -64,7 +64,8 @@ pub struct ReplayReport {
 /// timestamp, app_id, traceparent, the original exchange and routing key),
 /// without the failure bookkeeping (attempt, reason, error, attempts, first
 /// failure, queue, parked time, `x-death`, delivery count), so the consumer
-/// starts again at attempt 1, and with `x-warren-replays` incremented.
+/// starts again at attempt 1, with `x-warren-replays` incremented, and
+/// without `expiration` (kept in `x-warren-original-expiration`).
 #[must_use]
 pub fn replay_properties(original: &BasicProperties, replays: i64) -> BasicProperties {
     const DROPPED: [&str; 8] = [
@@ -91,7 +92,7 @@ pub fn replay_properties(original: &BasicProperties, replays: i64) -> BasicPrope
         headers::REPLAYS.into(),
         AMQPValue::LongLongInt(replays.saturating_add(1)),
     );
-    original.clone().with_headers(kept).with_delivery_mode(2)
+    headers::without_expiration(&original.clone().with_headers(kept).with_delivery_mode(2))
 }
 
 /// Moves selected messages of one `.dead` queue to `work_queue`.
@@ -206,5 +207,13 @@ mod tests {
         assert_eq!(p.message_id(), original.message_id());
         assert_eq!(p.kind(), original.kind());
         assert_eq!(p.delivery_mode(), &Some(2));
+    }
+
+    #[test]
+    fn a_replay_carries_no_expiration() {
+        let original = BasicProperties::default().with_expiration("4000".into());
+        let p = replay_properties(&original, 0);
+        assert_eq!(p.expiration(), &None);
+        assert_eq!(headers::text(&p, headers::ORIGINAL_EXPIRATION).as_deref(), Some("4000"));
     }
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::DeadError;
 use super::marker::{Marker, Seen};
+use crate::consumer::headers::without_expiration;
 
 /// Copies waiting for their confirm before their originals are acked.
 ///
@@ -248,8 +249,10 @@ async fn send(
 
 /// The properties of a kept copy: all of the original's, without the
 /// broker's delivery count (a copy is a new message; the quorum queue
-/// counts its own returns of it from zero).
+/// counts its own returns of it from zero) and without `expiration` (a
+/// parked copy must not expire; the value stays in a header).
 pub(crate) fn copy_properties(original: &BasicProperties) -> BasicProperties {
+    let original = &without_expiration(original);
     let Some(headers) = original.headers() else {
         return original.clone();
     };
@@ -375,5 +378,17 @@ mod tests {
         assert!(headers.contains_key("x-warren-reason"));
         assert_eq!(c.message_id(), p.message_id());
         assert_eq!(c.delivery_mode(), &Some(2));
+    }
+
+    #[test]
+    fn a_copy_carries_no_expiration() {
+        let p = BasicProperties::default()
+            .with_message_id("m".into())
+            .with_expiration("4000".into());
+        let c = copy_properties(&p);
+        assert_eq!(c.expiration(), &None);
+        assert_eq!(c.message_id(), p.message_id());
+        let original = crate::consumer::headers::text(&c, crate::consumer::headers::ORIGINAL_EXPIRATION);
+        assert_eq!(original.as_deref(), Some("4000"));
     }
 }

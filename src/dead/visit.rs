@@ -70,7 +70,10 @@ impl ExportSink for () {
     }
 }
 
-/// The records, in memory (the HTTP route answers with them).
+/// The records, in memory. Nothing is durable: a caller that loses them
+/// (a crash, an answer that never arrives) loses the events; the purges of
+/// `warren dead` and of the HTTP route write a
+/// [`FileSink`](super::FileSink) instead.
 impl ExportSink for Vec<Record> {
     fn write(&mut self, record: &Record) -> Result<(), String> {
         self.push(record.clone());

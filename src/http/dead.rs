@@ -9,6 +9,7 @@
 //! runs its operation in a task of its own, so a request that times out or
 //! a client that goes away never stops a replay or purge half-way.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use super::middleware::Authorized;
 use crate::config::Settings;
-use crate::dead::{DEFAULT_MAX_REPLAYS, DeadLetters, Filter, Record, ReplayOptions};
+use crate::dead::{DEFAULT_MAX_REPLAYS, DeadLetters, FileSink, Filter, PurgeReport, ReplayOptions, read_export};
 
 /// The `/dead` routes.
 pub(crate) fn routes() -> Router<AppState> {
@@ -190,27 +191,42 @@ struct PurgeRequest {
     confirm: bool,
 }
 
+/// `POST /dead/purge`: each selected event is written to a new file in
+/// `dead.export_dir` (synced) before it leaves `.dead`, so a purge cut
+/// short at any point (the request timed out, the client went away, warren
+/// was killed) leaves every event parked or in that file. The file is
+/// created before anything is read; the log names it, and so does the answer.
 async fn purge(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<Response, DeadError> {
     let req: PurgeRequest = json_body(&body)?;
     if !req.confirm {
         return Err(bad_request(
-            "a purge removes events: send \"confirm\": true (the removed messages come back in \"exported\")",
+            "a purge removes events: send \"confirm\": true (each removed message is written to a file in dead.export_dir first, and comes back in \"exported\")",
         ));
     }
+    let settings = dead_settings(&state)?;
+    let sink = FileSink::create_in(&settings.dead.export_dir).map_err(|e| {
+        tracing::error!(error = %e, "cannot create a purge export file: nothing purged");
+        DeadError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "export_unavailable",
+            "the export file cannot be created in dead.export_dir (see the log): nothing was purged".into(),
+        )
+    })?;
+    tracing::info!(export = %sink.path().display(), "purging parked events, each written here first");
     let filter = req.filter;
-    let (report, exported) = with_dead(
-        dead_settings(&state)?,
-        Box::new(move |d| {
-            Box::pin(async move {
-                let mut exported: Vec<Record> = Vec::new();
-                let report = d
-                    .purge(&filter, &mut exported, &CancellationToken::new(), &mut |_, _| {})
-                    .await?;
-                Ok((report, exported))
-            })
-        }),
+    let (report, export) = with_dead(
+        settings,
+        Box::new(move |d| Box::pin(async move { purge_to(&d, &filter, sink).await })),
     )
     .await?;
+    // The file is the record of what left `.dead`: answer with what it holds.
+    let exported = match &export {
+        Some(path) => read_export(path).map_err(|e| {
+            tracing::error!(error = %e, "cannot read back a purge export");
+            DeadError(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into())
+        })?,
+        None => Vec::new(),
+    };
     let status = if report.error.is_some() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -220,9 +236,32 @@ async fn purge(_: Operator, State(state): State<AppState>, body: Bytes) -> Resul
         "purged": report.purged,
         "possible_duplicates": report.possible_duplicates,
         "error": report.error,
+        "export": export,
         "exported": exported,
     });
     Ok((status, Json(body)).into_response())
+}
+
+/// Purges into `sink`, then closes it (removed when it holds nothing);
+/// runs to its end even when nobody waits for the answer.
+async fn purge_to(
+    d: &DeadLetters,
+    filter: &Filter,
+    mut sink: FileSink,
+) -> Result<(PurgeReport, Option<PathBuf>), crate::dead::DeadError> {
+    let purged = d
+        .purge(filter, &mut sink, &CancellationToken::new(), &mut |_, _| {})
+        .await;
+    let path = sink.path().to_owned();
+    let export = sink.finish().map_err(crate::dead::DeadError::Export)?;
+    let report = purged?;
+    tracing::info!(
+        purged = report.purged.len(),
+        export = %path.display(),
+        error = report.error.as_deref().unwrap_or(""),
+        "purge done"
+    );
+    Ok((report, export))
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DeadError> {

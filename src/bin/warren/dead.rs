@@ -3,14 +3,13 @@
 
 mod print;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 use warren::Settings;
-use warren::dead::{DeadLetters, ExportSink, Filter, Parked, Record, ReplayOptions, parse_time};
+use warren::dead::{DeadLetters, FileSink, Filter, Parked, Record, ReplayOptions, parse_time, read_export};
 
 /// Operate on the service's `.dead` queues (see docs/CONSUMER.md#dead-letters).
 #[derive(clap::Args)]
@@ -136,7 +135,7 @@ pub async fn run(
     }
     if let DeadCommand::Import { file } = &args.command {
         // Read the whole file before connecting: a bad line publishes nothing.
-        let records = read_export(file)?;
+        let records = read_export(file).map_err(anyhow::Error::msg)?;
         let dead = DeadLetters::connect(&settings, "dead-letters").await?;
         let n = dead.import(&records).await;
         dead.close().await;
@@ -221,7 +220,7 @@ async fn purge(
     let mut bar = ProgressBar::new();
     let report = match export {
         Some(path) => {
-            let mut sink = FileSink::create(path)?;
+            let mut sink = FileSink::create(path).map_err(anyhow::Error::msg)?;
             dead.purge(filter, &mut sink, &stop, &mut |d, t| bar.show(d, t)).await?
         }
         None => dead.purge(filter, &mut (), &stop, &mut |d, t| bar.show(d, t)).await?,
@@ -288,55 +287,6 @@ fn print_records(found: &[Record], json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Reads an export: every line a record, or an error naming the line.
-fn read_export(path: &Path) -> anyhow::Result<Vec<Record>> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let r: Record = serde_json::from_str(&line)
-            .with_context(|| format!("{} line {}: not an export record", path.display(), i + 1))?;
-        r.to_message()
-            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
-        out.push(r);
-    }
-    Ok(out)
-}
-
-/// An export file: a new file (an export is never overwritten), one record
-/// per line, flushed and synced before the records' messages are removed.
-struct FileSink {
-    out: BufWriter<File>,
-}
-
-impl FileSink {
-    fn create(path: &Path) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .with_context(|| format!("creating {} (an export never overwrites a file)", path.display()))?;
-        Ok(Self {
-            out: BufWriter::new(file),
-        })
-    }
-}
-
-impl ExportSink for FileSink {
-    fn write(&mut self, record: &Record) -> Result<(), String> {
-        serde_json::to_writer(&mut self.out, record).map_err(|e| e.to_string())?;
-        self.out.write_all(b"\n").map_err(|e| e.to_string())
-    }
-
-    fn commit(&mut self) -> Result<(), String> {
-        self.out.flush().map_err(|e| e.to_string())?;
-        self.out.get_ref().sync_data().map_err(|e| e.to_string())
-    }
 }
 
 /// A progress line on stderr, rewritten in place, when stderr is a terminal.

@@ -314,6 +314,8 @@ async fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consu
 /// broker is down. Ends with an error (cancelling `shutdown`) when the
 /// broker refuses the publisher's login or vhost at start.
 async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Readiness) -> anyhow::Result<()> {
+    // The /dead routes' purge writes there: a mistake is said now, not at the first purge.
+    warren::dead::check_export_dir(&settings.dead.export_dir).map_err(|e| anyhow::anyhow!("dead.export_dir: {e}"))?;
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
     let refused = publisher.clone();
