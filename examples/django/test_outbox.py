@@ -81,7 +81,7 @@ class OutboxTest(unittest.TestCase):
         with self.db.transaction():
             self.db.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
         self.db.close()
-        delete_queues(self.service)
+        delete_topology(self.service, self.env["WARREN_TOPOLOGY__EXCHANGE"])
 
     def start(self, *args):
         p = subprocess.Popen([WARREN, *args], env=self.env, stdout=subprocess.PIPE,
@@ -140,8 +140,8 @@ class OutboxTest(unittest.TestCase):
         self.assertEqual(statuses, ["published", "published"])
 
 
-def delete_queues(service):
-    """Removes the queues `warren topology apply` declared for `service`."""
+def delete_topology(service, exchange):
+    """Removes the queues and the exchange `warren topology apply` declared."""
     auth = base64.b64encode(b"guest:guest").decode()
 
     def call(method, path):
@@ -154,8 +154,9 @@ def delete_queues(service):
         for q in json.loads(call("GET", "/api/queues/%2F?columns=name")):
             if q["name"].startswith(service + "."):
                 call("DELETE", "/api/queues/%2F/" + urllib.parse.quote(q["name"], safe=""))
+        call("DELETE", "/api/exchanges/%2F/" + urllib.parse.quote(exchange, safe=""))
     except OSError as e:
-        print(f"could not delete the test's queues: {e}", file=sys.stderr)
+        print(f"could not delete the test's queues and exchange: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":
