@@ -1,7 +1,8 @@
-//! Helpers for broker tests: the broker URL, unique names, and loud failure
-//! when there is no broker (a broker test never skips). Tests that stop
-//! nodes, raise alarms or close connections use [`cluster`], nodes of their
-//! own, never the broker at `AMQP_URL`.
+//! Helpers for broker tests: the broker URL, unique names, guards that
+//! delete what a test declared however it ends ([`cleanup`]), and loud
+//! failure when there is no broker (a broker test never skips). Tests that
+//! stop nodes, raise alarms or close connections use [`cluster`], nodes of
+//! their own, never the broker at `AMQP_URL`.
 #![allow(dead_code)]
 
 pub mod admin;
