@@ -123,6 +123,7 @@ async fn invalid_input_fails_with_one_line_naming_the_cause_and_publishes_nothin
 #[test]
 fn unroutable_and_unreachable_are_errors() {
     let exchange = support::unique("cli-unbound");
+    let _gone = support::Cleanup::broker().exchange(&exchange); // the publish declares it
     let out = warren(
         &["publish", "user.registered", "--data", DATA],
         &[("WARREN_TOPOLOGY__EXCHANGE", &exchange)],
@@ -199,6 +200,7 @@ async fn a_webhook_url_into_the_own_ingress_is_refused_at_start() {
         .port();
     // Names of its own, in case warren did start and declare its topology.
     let s = support::settings("cli-loop", false);
+    let _gone = support::Cleanup::topology(&s);
     let cases = [
         ("run", format!("127.0.0.1:{port}"), format!("http://localhost:{port}")),
         (

@@ -82,6 +82,7 @@ async fn wait_consuming(conn: &lapin::Connection, s: &warren::Settings) {
 async fn consume_prints_one_json_line_per_event_published_with_the_cli() {
     let conn = support::connect().await;
     let s = support::settings("shell", false);
+    let _gone = support::Cleanup::topology(&s);
     let (mut child, lines) = consume(&s);
     wait_consuming(&conn, &s).await;
     let mut published = HashSet::new();
@@ -143,6 +144,7 @@ async fn consume_prints_one_json_line_per_event_published_with_the_cli() {
 async fn sigterm_mid_burst_exits_zero_and_every_event_is_handled_or_back_in_the_queue() {
     let conn = support::connect().await;
     let s = support::settings("sigterm", false);
+    let _gone = support::Cleanup::topology(&s);
     let (mut child, lines) = consume(&s);
     wait_consuming(&conn, &s).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();

@@ -113,6 +113,7 @@ async fn a_handler_failing_twice_succeeds_on_attempt_three_after_the_tier_delays
         }
     });
     let topology = consumer.topology();
+    let _gone = support::Cleanup::of(&topology);
     let (token, handle) = start(consumer).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let event = support::registered(1);
@@ -160,6 +161,7 @@ async fn always_failing_ends_in_dead_with_headers_and_permanent_goes_straight_th
         }
     });
     let topology = consumer.topology();
+    let _gone = support::Cleanup::of(&topology);
     let (token, handle) = start(consumer).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let (failing, banned) = (support::registered(1), support::registered(666));
@@ -217,6 +219,7 @@ async fn garbage_and_invalid_bodies_go_to_dead_byte_for_byte_and_the_next_event_
     let seen = seen();
     let consumer = Consumer::new(s.clone()).on(recorder(&seen));
     let topology = consumer.topology();
+    let _gone = support::Cleanup::of(&topology);
     let (token, handle) = start(consumer).await;
     let x = &s.topology.exchange;
     let garbage: &[u8] = b"\x00\xffnot json at all";
@@ -273,6 +276,7 @@ async fn a_panicking_handler_is_retried_and_the_service_goes_on() {
         }
     });
     let topology = consumer.topology();
+    let _gone = support::Cleanup::of(&topology);
     let (token, handle) = start(consumer).await;
     let publisher = Publisher::connect(&s, "tests").await.unwrap();
     let events: Vec<_> = (0..20).map(support::registered).collect();
@@ -302,6 +306,7 @@ async fn retries_of_one_service_never_reach_another_bound_to_the_same_key() {
         .on(|_e: Envelope<UserRegistered>, _c: Context| async { Err(HandlerError::transient("down")) });
     let b = Consumer::new(healthy.clone()).on(recorder(&seen_b));
     let (ta, tb) = (a.topology(), b.topology());
+    let _gone = (support::Cleanup::of(&ta), support::Cleanup::of(&tb));
     let (token_a, handle_a) = start(a).await;
     let (token_b, handle_b) = start(b).await;
     let publisher = Publisher::connect(&failing, "tests").await.unwrap();
@@ -376,7 +381,7 @@ struct SlowRun {
     conn: std::sync::Arc<lapin::Connection>,
     slow: Slow,
     work_queue: String,
-    declared: warren::Topology,
+    declared: support::Declared,
     events: Vec<Envelope<UserRegistered>>,
     running: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
@@ -477,6 +482,7 @@ async fn retries_are_logged_at_warn_once_per_interval_and_each_dead_letter_with_
     let consumer = Consumer::new(s.clone())
         .on(|_e: Envelope<UserRegistered>, _c: Context| async { Err(HandlerError::transient("receiver down")) });
     let topology = consumer.topology();
+    let _gone = support::Cleanup::of(&topology);
     let (token, handle) = start(consumer).await;
     let event = support::registered(1);
     Publisher::connect(&s, "tests")
@@ -515,6 +521,7 @@ async fn what_the_ingress_refuses_the_consumer_dead_letters_naming_the_field() {
     let seen = seen();
     let consumer = Consumer::new(s.clone()).on(recorder(&seen));
     let topology = consumer.topology();
+    let _gone = support::Cleanup::of(&topology);
     let (token, handle) = start(consumer).await;
     let good = br#"{"event_type":"user.registered","timestamp":"2025-01-20T10:30:00Z","source":"s","user_id":1,"data":{"user_id":1,"username":"a","email":"a@example.com","registration_timestamp":"2025-01-20T10:30:00Z"}}"#;
     let body = |from: &str, to: &str| String::from_utf8_lossy(good).replacen(from, to, 1);

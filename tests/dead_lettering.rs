@@ -109,6 +109,7 @@ fn broker_version() -> String {
 /// it, browses it once, and says whether the message is still there.
 async fn survives_one_requeue(ch: &Channel, limit: i64) -> bool {
     let name = support::unique("limit");
+    let _gone = support::Cleanup::broker().queue(&name);
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
@@ -212,6 +213,7 @@ async fn queues_declared_with_the_old_arguments_are_reported_with_the_way_out() 
     let mut s = support::settings("old-args", true);
     s.consumer.event_types = vec!["user.registered".into()];
     let topology = Topology::from_settings(&s);
+    let _gone = support::Cleanup::of(&topology);
     let ch = conn.create_channel().await.unwrap();
     topology.declare_exchange(&ch).await.unwrap();
     declare_old_style(&ch, &topology).await;
@@ -242,6 +244,7 @@ async fn moving_to_new_queues_beside_the_old_ones_loses_nothing() {
     let mut old = support::settings("migrate", true);
     old.consumer.event_types = vec!["user.registered".into()];
     let old_topology = Topology::from_settings(&old);
+    let _gone = support::Cleanup::of(&old_topology);
     old_topology.declare_exchange(&ch).await.unwrap();
     declare_old_style(&ch, &old_topology).await;
     let publisher = Publisher::connect(&old, "tests").await.unwrap();
@@ -257,7 +260,7 @@ async fn moving_to_new_queues_beside_the_old_ones_loses_nothing() {
     let handled = support::faults::Handled::default();
     let consumer = Consumer::new(new.clone()).on(handled.handler());
     let new_topology = consumer.topology();
-    support::declare(&conn, &new).await;
+    let _new = support::declare(&conn, &new).await;
     let token = CancellationToken::new();
     let t = token.clone();
     let consuming = tokio::spawn(async move { consumer.run(t).await });

@@ -72,7 +72,7 @@ where
     let handled = Handled::default();
     let consumer = Consumer::new(consumer_s.clone()).on(handled.handler());
     let topology = consumer.topology();
-    support::declare(&conn, &consumer_s).await;
+    let _declared = support::declare(&conn, &consumer_s).await;
     let (token, handle) = start(consumer);
     let publisher = Publisher::connect(
         &publisher_s,
@@ -214,7 +214,7 @@ async fn handlers_that_panic_or_fail_transiently() {
     let topology = consumer.topology();
     // Declared here, not left to the consumer: quorum queues on three nodes
     // can take longer than a fixed pause, and publishes before them are unroutable.
-    support::declare(&conn, &s).await;
+    let _declared = support::declare(&conn, &s).await;
     let (token, handle) = start(consumer);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let publisher = Publisher::connect(&s, "faults-flaky").await.unwrap();
@@ -247,7 +247,7 @@ async fn poison_bodies_mixed_into_the_stream() {
     let topology = consumer.topology();
     // Declared here, not left to the consumer: quorum queues on three nodes
     // can take longer than a fixed pause, and publishes before them are unroutable.
-    support::declare(&conn, &s).await;
+    let _declared = support::declare(&conn, &s).await;
     let (token, handle) = start(consumer);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let publisher = Publisher::connect(&s, "faults-poison").await.unwrap();

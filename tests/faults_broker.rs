@@ -72,7 +72,7 @@ async fn broker_stop_app_and_start_app_mid_stream() {
     let handled = Handled::default();
     let consumer = Consumer::new(s.clone()).on(handled.handler());
     let topology = consumer.topology();
-    support::declare(&conn, &s).await;
+    let _declared = support::declare(&conn, &s).await;
     drop(conn);
     let token = CancellationToken::new();
     let t = token.clone();

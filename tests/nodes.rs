@@ -35,6 +35,7 @@ fn readyz(port: u16) -> Option<u16> {
 #[test]
 fn warren_run_is_ready_within_seconds_when_the_first_node_is_down() {
     let s = support::settings("first-down", false);
+    let _gone = support::Cleanup::topology(&s);
     let url = format!("amqp://guest:guest@127.0.0.1:{},{}", closed_port(), s.amqp.url);
     let http = closed_port();
     let started = Instant::now();

@@ -46,7 +46,7 @@ fn service(prefix: &str, vhost: &Vhost) -> Settings {
 async fn applied(prefix: &str, vhost: &Vhost) -> (Settings, Connection, Topology) {
     let s = service(prefix, vhost);
     let conn = as_guest(vhost).await;
-    let topology = support::declare(&conn, &s).await;
+    let topology = support::declare(&conn, &s).await.in_own_vhost();
     (s, conn, topology)
 }
 

@@ -161,6 +161,7 @@ fn poll(addr: &str, path: &str, until: impl Fn(u16, &str) -> bool) -> (u16, Stri
 async fn warren_consume_alone_answers_probes_and_serves_metrics_on_metrics_listen() {
     let conn = support::connect().await;
     let s = support::settings("probes", false);
+    let _gone = support::Cleanup::topology(&s);
     let metrics = free_addr();
     let mut child = consume(&s, &support::amqp_url(), &metrics);
     let (_, body) = poll(&metrics, "/readyz", |status, _| status == 200);

@@ -126,7 +126,7 @@ async fn declare_is_idempotent_and_a_conflict_names_queue_and_argument() {
     let conn = support::connect().await;
     let s = support::settings("declare", true);
     let topology = support::declare(&conn, &s).await;
-    support::declare(&conn, &s).await; // twice: fine
+    let _again = support::declare(&conn, &s).await; // twice: fine
 
     // Same queue as a retry tier would be, but with another delay.
     let mut changed = topology.clone();

@@ -25,6 +25,8 @@ struct Setup {
     recorder: Recorder,
     relay: Relay,
     stop: CancellationToken,
+    /// Deletes the queues and exchange when the test ends, however it ends.
+    _topology: support::Declared,
 }
 
 impl Setup {
@@ -42,6 +44,7 @@ impl Setup {
             recorder,
             relay,
             stop: CancellationToken::new(),
+            _topology: topology,
         }
     }
 
@@ -299,6 +302,7 @@ async fn a_missing_table_or_database_url_is_a_clear_error() {
     settings.relay.table = "no_such_schema_x.warren_outbox".into();
     let relay = Relay::new(&settings.relay).unwrap();
     settings.topology.exchange = support::unique("relay-missing-x");
+    let _gone = support::Cleanup::broker().exchange(&settings.topology.exchange); // the publisher declares it
     settings.amqp.url = support::amqp_url();
     let publisher = Publisher::connect(&settings, "relay test").await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(20), relay.run(&publisher, CancellationToken::new()))

@@ -38,6 +38,9 @@ struct Scenario {
     /// The relays' AMQP connection name (unique to the scenario).
     connection_name: String,
     relays: Vec<Child>,
+    /// Deletes the queues and exchange when the test ends, however it ends
+    /// (after `drop` below has killed the relays).
+    _topology: support::Declared,
 }
 
 impl Scenario {
@@ -71,6 +74,7 @@ impl Scenario {
             env,
             connection_name,
             relays: Vec::new(),
+            _topology: topology,
         }
     }
 

@@ -339,6 +339,7 @@ async fn no_command_prints_a_secret_at_trace() {
     );
     let webhook_secret = format!("whsec_{}", STANDARD.encode(WEBHOOK_KEY));
     let s = support::settings("secrets", false);
+    let _gone = support::Cleanup::topology(&s);
     let (receiver, deliveries) = webhook_receiver();
     let env = Env {
         vars: [

@@ -121,6 +121,7 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
 pub(crate) async fn served_metric_names() -> BTreeSet<String> {
     let conn = support::connect().await;
     let s = support::settings("monitoring", false);
+    let _gone = support::Cleanup::topology(&s);
     let outbox = outbox::Scratch::new("monitoring").await;
     let relay = outbox.settings(s.clone()).relay;
     let (ingress, metrics) = (free_addr(), free_addr());

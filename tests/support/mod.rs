@@ -1,10 +1,12 @@
-//! Helpers for broker tests: the broker URL, unique names, and loud failure
-//! when there is no broker (a broker test never skips). Tests that stop
-//! nodes, raise alarms or close connections use [`cluster`], nodes of their
-//! own, never the broker at `AMQP_URL`.
+//! Helpers for broker tests: the broker URL, unique names, guards that
+//! delete what a test declared however it ends ([`cleanup`]), and loud
+//! failure when there is no broker (a broker test never skips). Tests that
+//! stop nodes, raise alarms or close connections use [`cluster`], nodes of
+//! their own, never the broker at `AMQP_URL`.
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod cleanup;
 pub mod cluster;
 pub mod faults;
 pub mod logs;
@@ -19,6 +21,10 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use warren::config::QueueType;
 use warren::{Settings, Topology};
+
+// Each test crate compiles this module anew, and not every one uses both.
+#[allow(unused_imports)]
+pub use cleanup::{Cleanup, Declared};
 
 /// `AMQP_URL`, or the local broker.
 pub fn amqp_url() -> String {
@@ -77,15 +83,20 @@ pub fn settings(prefix: &str, quorum: bool) -> Settings {
     s
 }
 
-/// Declares the topology of `s` on a fresh channel.
-pub async fn declare(conn: &Connection, s: &Settings) -> Topology {
+/// Declares the topology of `s` on a fresh channel; its queues and exchange
+/// are deleted when the returned guard is dropped (keep it until the test's
+/// end: dropped at once, it deletes what it just declared).
+#[must_use = "dropping the guard deletes the topology"]
+pub async fn declare(conn: &Connection, s: &Settings) -> Declared {
     let topology = Topology::from_settings(s);
+    let declared = Declared::new(topology.clone(), &s.amqp);
     let ch = conn.create_channel().await.unwrap();
     topology.declare(&ch).await.expect("declare topology");
-    topology
+    declared
 }
 
-/// Deletes every queue and the exchange of a topology.
+/// Deletes every queue and the exchange of a topology now (the [`Declared`]
+/// guard does it again when dropped, which is harmless).
 pub async fn cleanup(conn: &Connection, topology: &Topology) {
     let ch = conn.create_channel().await.unwrap();
     for q in topology.queues() {
