@@ -252,7 +252,39 @@ pub(super) fn variables(
             });
         }
     }
+    if let Some(&(in_dotenv, name, value)) = vars.iter().rev().find(|(_, n, _)| *n == CELERY) {
+        let place = origin(in_dotenv, name).to_string();
+        let amqp_set = entries.contains_key("amqp.url");
+        warnings.push(celery_notice(&place, value, amqp_set));
+    }
     (entries.into_values().collect(), warnings)
+}
+
+/// Celery's broker setting, which the seed's `.env` holds.
+const CELERY: &str = "CELERY_BROKER_URL";
+
+/// What warren does with `CELERY_BROKER_URL` (nothing, but say so: an
+/// operator moving from Celery may expect it to be picked up): a Redis URL
+/// cannot serve, a RabbitMQ one could, as `AMQP_URL`. The URL is shown
+/// without its password.
+fn celery_notice(place: &str, url: &str, amqp_set: bool) -> String {
+    let shown = quote(&crate::uri::redact_url(url.trim()));
+    let scheme = url.trim().split_once("://").map_or("", |(s, _)| s).to_ascii_lowercase();
+    let instead = if amqp_set {
+        "warren connects to amqp.url as set"
+    } else {
+        "warren connects to the default amqp.url"
+    };
+    match scheme.as_str() {
+        "redis" | "rediss" | "sentinel" => format!(
+            "{place} ({shown}) is ignored: it names a Redis broker, and warren works with RabbitMQ only; {instead}"
+        ),
+        "amqp" | "amqps" | "pyamqp" | "librabbitmq" => format!(
+            "{place} ({shown}) is ignored: {instead}. To use that RabbitMQ, set AMQP_URL to the same URL \
+             (scheme amqp:// or amqps://, the vhost / written as %2f)"
+        ),
+        _ => format!("{place} ({shown}) is ignored: warren reads its broker from amqp.url (AMQP_URL)"),
+    }
 }
 
 fn unknown_variable(name: &str, dotenv: Option<&Path>, keys: &BTreeSet<String>) -> String {

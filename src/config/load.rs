@@ -674,4 +674,25 @@ mod tests {
         let err = error(&[("WARREN_INGRESS__LISTEN", "no-such-host.invalid:8597")]);
         assert!(err.contains("does not resolve"), "{err}");
     }
+    #[test]
+    fn celery_broker_url_is_named_and_not_adopted() {
+        let dir = temp_dir();
+        std::fs::write(dir.join(".env"), "CELERY_BROKER_URL=redis://:Qz9pw@localhost:6379/0\n").unwrap();
+        let loaded = try_load(&dir, &[]).unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        let w = &loaded.warnings[0];
+        assert!(
+            w.starts_with(".env CELERY_BROKER_URL (redis://:***@localhost:6379/0) is ignored"),
+            "{w}"
+        );
+        assert!(w.contains("Redis") && !w.contains("Qz9"), "{w}");
+        let loaded = load(&[("CELERY_BROKER_URL", "amqp://app:Qz9pw@rabbit:5672//")]);
+        let w = &loaded.warnings[0];
+        assert!(
+            w.contains("environment CELERY_BROKER_URL (amqp://app:***@rabbit:5672//)"),
+            "{w}"
+        );
+        assert!(w.contains("set AMQP_URL") && !w.contains("Qz9"), "{w}");
+        assert_eq!(loaded.settings.amqp.url, Settings::default().amqp.url);
+    }
 }

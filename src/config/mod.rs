@@ -17,6 +17,7 @@ mod errors;
 mod layers;
 mod load;
 pub mod names;
+mod roles;
 mod secret;
 mod token;
 mod values;
