@@ -191,15 +191,17 @@ fn unexpected(e: &config::ConfigError, entries: &[Entry]) -> ConfigError {
     if let Some(entry) = entries.iter().rev().find(|entry| Some(entry.key.as_str()) == key) {
         return ConfigError::value(entry, None);
     }
-    let mut message = e.to_string();
-    for entry in entries.iter().filter(|e| SECRET_KEYS.contains(&e.key.as_str())) {
-        if let values::Raw::Text(secret) = &entry.value
-            && !secret.is_empty()
-        {
-            message = message.replace(secret.as_str(), "***");
-        }
-    }
-    ConfigError::Invalid(message)
+    // Masked where a secret sits, as in the log: a short token replaced
+    // everywhere would garble the message and show itself by the gap.
+    let secrets = entries
+        .iter()
+        .filter(|e| SECRET_KEYS.contains(&e.key.as_str()))
+        .filter_map(|e| match &e.value {
+            values::Raw::Text(secret) => Some(secret.as_bytes()),
+            values::Raw::Toml(_) => None,
+        });
+    let message = e.to_string();
+    ConfigError::Invalid(crate::secrets::Scrubber::new(secrets).scrub(&message).into_owned())
 }
 
 #[cfg(test)]
