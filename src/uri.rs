@@ -131,7 +131,7 @@ pub fn check_limits(urls: &str, channels: u16) -> Result<(), String> {
         if let Some(max) = uri.query.channel_max.filter(|&m| m != 0 && m < channels) {
             return Err(format!(
                 "channel_max={max} allows fewer channels than warren opens on one connection ({channels}: one to \
-                 declare, one to republish retries, one per consumed event type); raise it or leave it out"
+                 republish retries, one per consumed event type); raise it or leave it out"
             ));
         }
         if let Some(max) = uri.query.frame_max.filter(|&m| m != 0 && m < FRAME_MIN) {

@@ -108,8 +108,9 @@ fn check_together(s: &Settings, entries: &[Entry]) -> Result<(), ConfigError> {
         ));
     }
     check_name_lengths(s, entries)?;
-    // One channel to declare, one to republish, one per work queue.
-    let channels = u16::try_from(s.consumer.event_types.len() + 2).unwrap_or(u16::MAX);
+    // The consumer's connection holds one channel to republish and one per
+    // work queue (the one that declares is closed before they open).
+    let channels = u16::try_from(s.consumer.event_types.len() + 1).unwrap_or(u16::MAX);
     crate::uri::check_limits(&s.amqp.url, channels).map_err(|e| setting(entries, "amqp.url", &e))
 }
 
@@ -633,9 +634,9 @@ mod tests {
         let err = error(&[("AMQP_URL", "amqp://u:Qz9@h:5672/%2f?channel_max=1")]);
         assert!(err.contains("environment variable AMQP_URL: channel_max=1"), "{err}");
         assert!(!err.contains("Qz9"), "{err}");
-        // Two event types by default: four channels.
-        load(&[("AMQP_URL", "amqp://h:5672/%2f?channel_max=4")]);
-        assert!(error(&[("AMQP_URL", "amqp://h:5672/%2f?channel_max=3")]).contains("(4:"));
+        // Two event types by default: three channels.
+        load(&[("AMQP_URL", "amqp://h:5672/%2f?channel_max=3")]);
+        assert!(error(&[("AMQP_URL", "amqp://h:5672/%2f?channel_max=2")]).contains("(3:"));
     }
 
     #[test]
