@@ -101,7 +101,12 @@ pub(super) const QUOTED: usize = 100;
 /// newline or an escape cannot forge lines or move the cursor), and cut to
 /// [`QUOTED`] bytes, saying so and how long it was.
 pub(super) fn quote(text: &str) -> String {
-    let cut = crate::event::truncate(text, QUOTED);
+    quote_at_most(text, QUOTED)
+}
+
+/// [`quote`] with a limit of `max` bytes.
+pub(super) fn quote_at_most(text: &str, max: usize) -> String {
+    let cut = crate::event::truncate(text, max);
     let mut out: String = cut
         .chars()
         .flat_map(|c| {

@@ -202,7 +202,9 @@ fn unexpected(e: &config::ConfigError, entries: &[Entry]) -> ConfigError {
             values::Raw::Toml(_) => None,
         });
     let message = e.to_string();
-    ConfigError::Invalid(crate::secrets::Scrubber::new(secrets).scrub(&message).into_owned())
+    let message = crate::secrets::Scrubber::new(secrets).scrub(&message).into_owned();
+    // It may quote a value (`invalid type: string "…"`): cut, as values are.
+    ConfigError::Invalid(super::errors::quote_at_most(&message, 4 * super::errors::QUOTED))
 }
 
 #[cfg(test)]
@@ -512,6 +514,7 @@ mod tests {
             ("WARREN_CONSUMER__SERVICE", "svc\nINFO forged"),
             ("WARREN_TOPOLOGY__EXCHANGE", "ev\u{1b}[2Jents"),
             ("WARREN_PUBLISHER__SOURCE", "src\r"),
+            ("WARREN_AMQP__CONNECTION_NAME", "conn\u{1b}"),
         ] {
             let err = error(&[(name, value)]);
             assert!(err.starts_with(&format!("environment variable {name}=")), "{err}");
@@ -553,6 +556,9 @@ mod tests {
                 == 229
         );
         assert!(error(&[("WARREN_CONSUMER__SERVICE", &"s".repeat(230))]).contains("255"));
+        let err = error(&[("WARREN_PUBLISHER__SOURCE", &"p".repeat(256))]);
+        assert!(err.contains("(it is 256 bytes long)"), "{err}");
+        load(&[("WARREN_AMQP__CONNECTION_NAME", &"c".repeat(300))]);
         let err = error(&[("WARREN_TOPOLOGY__EXCHANGE", &"x".repeat(256))]);
         assert!(
             err.contains("WARREN_TOPOLOGY__EXCHANGE") && err.contains("256"),

@@ -24,9 +24,11 @@ enum Kind {
     /// Text that must not be empty nor hold control characters (a name in
     /// the broker, in the console and in every log line).
     Name,
-    /// Free text sent to the broker as a short string (`app_id`, the
-    /// connection name): no control characters, at most 255 bytes.
+    /// Free text sent to the broker as a short string (`app_id`): no
+    /// control characters, at most 255 bytes.
     Label,
+    /// Free text shown in the console and the log: no control characters.
+    Line,
     /// The ingress token: trimmed when read, so it must not be blank, nor
     /// hold a control character inside.
     Token,
@@ -54,7 +56,8 @@ const fn whole(min: u64, max: u64) -> Kind {
 fn kind_of(key: &str) -> Option<Kind> {
     Some(match key {
         "amqp.url" => Kind::AmqpUrl,
-        "amqp.connection_name" | "publisher.source" => Kind::Label,
+        "publisher.source" => Kind::Label,
+        "amqp.connection_name" => Kind::Line,
         "ingress.token" => Kind::Token,
         "webhook.url" | "webhook.path" | "webhook.secret" | "relay.database_url" | "amqp.tls_ca_file"
         | "amqp.tls_cert_file" | "amqp.tls_key_file" => Kind::Text,
@@ -89,6 +92,7 @@ pub(super) fn expected(key: &str) -> String {
         None | Some(Kind::Text) => "text".into(),
         Some(Kind::Name) => "a name that is not empty, without control characters".into(),
         Some(Kind::Label) => "text of at most 255 bytes, without control characters".into(),
+        Some(Kind::Line) => "text without control characters".into(),
         Some(Kind::Token) => "a token that is not blank, without control characters inside".into(),
         Some(Kind::Whole { min, max }) if max == usize::MAX as u64 => format!("a whole number of {min} or more"),
         Some(Kind::Whole { min, max }) => format!("a whole number from {min} to {max}"),
@@ -109,7 +113,7 @@ pub(super) fn expected(key: &str) -> String {
 pub(super) fn normalize(key: &str, value: &str) -> String {
     match kind_of(key) {
         // The token is trimmed when deserialized, wherever it was set.
-        None | Some(Kind::Text | Kind::Label | Kind::Token) => value.to_owned(),
+        None | Some(Kind::Text | Kind::Label | Kind::Line | Kind::Token) => value.to_owned(),
         Some(Kind::Delays | Kind::EventTypes) => value.split(',').map(str::trim).collect::<Vec<_>>().join(","),
         Some(_) => value.trim().to_owned(),
     }
@@ -131,6 +135,7 @@ pub(super) fn check(key: &str, raw: &Raw) -> Result<(), Option<String>> {
         Kind::AmqpUrl => return crate::uri::check_url(&scalar(raw).ok_or(None)?).map_err(Some),
         Kind::Name => return check_name(&scalar(raw).ok_or(None)?),
         Kind::Label => return check_label(&scalar(raw).ok_or(None)?),
+        Kind::Line => return control_character(&scalar(raw).ok_or(None)?),
         Kind::Token => return check_token(&scalar(raw).ok_or(None)?),
         Kind::Address => {
             return super::address::resolve(&scalar(raw).ok_or(None)?)
