@@ -1,11 +1,21 @@
-//! Secrets out of text: every encoding a secret takes in a formatted log line
-//! (plain, percent-encoded, Debug- and JSON-escaped, base64, hex, byte lists)
-//! and a [`Scrubber`] that replaces each with `***`.
+//! Secrets out of text: a [`Scrubber`] that masks each known secret with
+//! `***` where a secret sits (a URI's user info, an `Authorization` header,
+//! a key named `password` or `token`, the SASL PLAIN response as lapin
+//! prints it), in every encoding it takes there (plain, percent-encoded,
+//! Debug- and JSON-escaped, base64, hex, byte lists).
 //!
 //! Why this is needed at all: at `trace`, lapin prints every frame it sends,
 //! and the connection's `StartOk` frame carries the SASL PLAIN response
 //! `\0user\0password` as a list of byte values. Filtering log targets cannot
 //! stop a user who asks for `lapin=trace`; scrubbing what is written can.
+//!
+//! Why by place and not everywhere: a password such as `o`, `guest` or
+//! `password` also spells ordinary words, and replacing it everywhere both
+//! garbles every line (`l***gin`) and shows the password by the gap it
+//! leaves (`wrong username or ***`). Only a distinctive secret (long, of
+//! mixed characters, see [`distinctive`]) is also masked wherever it appears.
+
+mod contexts;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -16,16 +26,21 @@ use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
 
-/// Shorter encodings of a secret (and shorter secrets, in byte lists) are not
-/// scrubbed: they would match ordinary text.
+/// Shorter encodings of a secret are not scrubbed: they would match
+/// ordinary text.
 const MIN_NEEDLE: usize = 4;
 
-/// Replaces known secrets, in every encoding, with [`MASK`].
+/// Replaces known secrets, in every encoding, with [`MASK`] (see the module
+/// documentation for where).
 #[derive(Clone, Default)]
 pub struct Scrubber {
-    /// Textual forms of every secret, longest first, so that a longer form is
-    /// masked whole before a shorter one inside it.
-    needles: Vec<String>,
+    /// Forms masked wherever they appear, longest first (so that a longer
+    /// form is masked whole before a shorter one inside it): the textual
+    /// forms of distinctive secrets, and the encoded forms (base64, hex) of
+    /// every secret, which ordinary text does not spell.
+    anywhere: Vec<String>,
+    /// The textual forms of every secret, masked where a key names a secret.
+    textual: Vec<String>,
     /// The secrets' bytes, looked for in lists of byte values.
     secrets: Vec<Vec<u8>>,
 }
@@ -51,10 +66,26 @@ impl Scrubber {
             .collect();
         secrets.sort();
         secrets.dedup();
-        let mut needles: Vec<String> = secrets.iter().flat_map(|s| encodings(s)).collect();
-        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        needles.dedup();
-        Self { needles, secrets }
+        let mut anywhere = Vec::new();
+        let mut textual = Vec::new();
+        for secret in &secrets {
+            let text = textual_forms(secret);
+            let encoded = encoded_forms(secret).into_iter().filter(|e| !text.contains(e));
+            anywhere.extend(encoded.filter(|n| n.len() >= MIN_NEEDLE));
+            if distinctive(secret) {
+                anywhere.extend(text.iter().cloned());
+            }
+            textual.extend(text);
+        }
+        for list in [&mut anywhere, &mut textual] {
+            list.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+            list.dedup();
+        }
+        Self {
+            anywhere,
+            textual,
+            secrets,
+        }
     }
 
     /// Whether there is nothing to scrub.
@@ -63,26 +94,62 @@ impl Scrubber {
         self.secrets.is_empty()
     }
 
-    /// `text` with every known secret, in every encoding, replaced by [`MASK`].
+    /// `text` with every known secret, in every encoding, replaced by
+    /// [`MASK`] where it sits; and every URI password and `Authorization`
+    /// credential, known or not.
     #[must_use]
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);
-        for needle in &self.needles {
+        if text.contains("://") {
+            let known = |p: &str| self.textual.iter().any(|t| t == p);
+            set(&mut out, contexts::mask_userinfo(text, &known));
+        }
+        if let Some(masked) = contexts::mask_authorization(&out) {
+            set(&mut out, masked);
+        }
+        for needle in &self.anywhere {
             if out.contains(needle.as_str()) {
-                out = Cow::Owned(out.replace(needle.as_str(), MASK));
+                let masked = out.replace(needle.as_str(), MASK);
+                set(&mut out, masked);
             }
         }
-        for secret in self.secrets.iter().filter(|s| s.len() >= MIN_NEEDLE) {
-            if let Some(masked) = mask_byte_lists(&out, secret) {
-                out = Cow::Owned(masked);
+        if let Some(masked) = contexts::mask_key_values(&out, &self.textual) {
+            set(&mut out, masked);
+        }
+        for secret in &self.secrets {
+            if let Some(masked) = mask_byte_lists(&out, secret, distinctive(secret)) {
+                set(&mut out, masked);
             }
         }
         out
     }
 }
 
-/// The textual forms of `secret` that can appear in a formatted line.
-fn encodings(secret: &[u8]) -> Vec<String> {
+/// Replaces `out` with `masked` when they differ (so a line with nothing to
+/// mask stays borrowed).
+fn set(out: &mut Cow<'_, str>, masked: String) {
+    if masked != **out {
+        *out = Cow::Owned(masked);
+    }
+}
+
+/// Whether `secret` is unlike ordinary text, so that masking it wherever it
+/// appears garbles nothing and tells nothing: at least 8 bytes of at least
+/// three kinds (lower case, upper case, digits, others), or 16 bytes and more.
+#[must_use]
+pub fn distinctive(secret: &[u8]) -> bool {
+    let kinds = [
+        secret.iter().any(u8::is_ascii_lowercase),
+        secret.iter().any(u8::is_ascii_uppercase),
+        secret.iter().any(u8::is_ascii_digit),
+        secret.iter().any(|b| !b.is_ascii_alphanumeric()),
+    ];
+    secret.len() >= 16 || (secret.len() >= 8 && kinds.iter().filter(|k| **k).count() >= 3)
+}
+
+/// The forms of `secret` that read as text in a formatted line: as is,
+/// Debug- and JSON-escaped, percent-encoded.
+fn textual_forms(secret: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(text) = std::str::from_utf8(secret) {
         let debug = format!("{text:?}");
@@ -96,13 +163,20 @@ fn encodings(secret: &[u8]) -> Vec<String> {
             out.push(percent_encode(secret, keep, upper));
         }
     }
-    out.push(hex(secret, false));
-    out.push(hex(secret, true));
+    out.retain(|n| !n.is_empty());
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The forms of `secret` that ordinary text does not spell: hex, and the
+/// base64 characters that depend on it alone at each alignment.
+fn encoded_forms(secret: &[u8]) -> Vec<String> {
+    let mut out = vec![hex(secret, false), hex(secret, true)];
     for offset in 0..3 {
         out.push(base64_core(secret, offset, false));
         out.push(base64_core(secret, offset, true));
     }
-    out.retain(|n| n.len() >= MIN_NEEDLE || n.as_bytes() == secret);
     out.retain(|n| !n.is_empty());
     out
 }
@@ -157,8 +231,9 @@ fn base64_core(secret: &[u8], offset: usize, url_safe: bool) -> String {
 
 /// `text` with every run of byte values (`112, 119, 95`, `0x70, 0x77`, or
 /// hex without prefix, as `{:x?}` prints) that spells `secret` masked, or
-/// `None` when there is none.
-fn mask_byte_lists(text: &str, secret: &[u8]) -> Option<String> {
+/// `None` when there is none. Unless `anywhere`, only the end of a list,
+/// after a zero byte, counts: the SASL PLAIN response `\0user\0password`.
+fn mask_byte_lists(text: &str, secret: &[u8], anywhere: bool) -> Option<String> {
     let tokens = number_tokens(text);
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for run in list_runs(text, &tokens) {
@@ -166,10 +241,16 @@ fn mask_byte_lists(text: &str, secret: &[u8]) -> Option<String> {
             let values: Vec<Option<u8>> = run.iter().map(|&(s, e)| byte_value(&text[s..e], radix)).collect();
             let mut i = 0;
             while i + secret.len() <= values.len() {
-                if values[i..i + secret.len()]
-                    .iter()
-                    .zip(secret)
-                    .all(|(v, b)| *v == Some(*b))
+                // SASL PLAIN is `authzid \0 user \0 password`: the password
+                // follows a zero and ends the list (a user named like the
+                // password is not masked).
+                let sasl = i > 0 && values[i - 1] == Some(0) && i + secret.len() == values.len();
+                let placed = anywhere || sasl;
+                if placed
+                    && values[i..i + secret.len()]
+                        .iter()
+                        .zip(secret)
+                        .all(|(v, b)| *v == Some(*b))
                 {
                     spans.push((run[i].0, run[i + secret.len() - 1].1));
                     i += secret.len();
@@ -309,6 +390,57 @@ mod tests {
             out,
             "response: LongString([0, 103, 117, 101, 115, 116, 0, ***]), locale"
         );
+    }
+
+    /// Passwords that spell ordinary words: masked where they sit, and the
+    /// words around them left whole.
+    const WEAK: [&str; 5] = ["o", "wrong", "password", "guest", "vhost"];
+
+    #[test]
+    fn a_short_or_common_password_is_masked_where_it_sits_and_nowhere_else() {
+        for password in WEAK {
+            let scrubber = Scrubber::new([password]);
+            for line in [
+                "login refused: wrong username or password (fix amqp.url)",
+                "RabbitMQ at amqp://guest:***@127.0.0.1:5672/%2f refused user \"guest\" on vhost \"/\"",
+                "declared queue \"warren.user.login\" on vhost \"/\"; a guest user of host o",
+            ] {
+                assert_eq!(scrubber.scrub(line), line, "password {password:?}");
+            }
+            let bytes: Vec<u8> = [b"\0guest\0".as_slice(), password.as_bytes()].concat();
+            for (line, masked) in [
+                (
+                    format!("cannot connect to RabbitMQ at amqp://guest:{password}@h:5672/%2f: refused"),
+                    "cannot connect to RabbitMQ at amqp://guest:***@h:5672/%2f: refused".to_owned(),
+                ),
+                (
+                    format!("userinfo: AMQPUserInfo {{ username: \"guest\", password: \"{password}\" }}"),
+                    "userinfo: AMQPUserInfo { username: \"guest\", password: \"***\" }".to_owned(),
+                ),
+                (
+                    format!("response: LongString({bytes:?}), locale"),
+                    "response: LongString([0, 103, 117, 101, 115, 116, 0, ***]), locale".to_owned(),
+                ),
+                (
+                    format!("authorization: Bearer {password}"),
+                    "authorization: Bearer ***".to_owned(),
+                ),
+            ] {
+                assert_eq!(scrubber.scrub(&line), masked, "password {password:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_distinctive_secrets_are_masked_anywhere() {
+        assert!(distinctive(PASSWORD.as_bytes()) && distinctive(b"a-very-long-passphrase"));
+        for weak in WEAK.into_iter().chain(["Password", "password1", "hunter22"]) {
+            assert!(!distinctive(weak.as_bytes()), "{weak}");
+        }
+        let out = Scrubber::new([PASSWORD])
+            .scrub(&format!("echoed {PASSWORD} here"))
+            .into_owned();
+        assert_eq!(out, "echoed *** here");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 use serde_json::json;
 
-use crate::config::{QueueType, Settings};
+use crate::config::{QueueType, Settings, names};
 use crate::refusal::{NOT_FOUND, Permission, Refusal, reply};
 
 /// `x-delivery-limit` of quorum `.dead` queues: in effect none. A `.dead`
@@ -134,24 +134,20 @@ impl Topology {
     /// Work queue of an event type: `S.user.registered`.
     #[must_use]
     pub fn work_queue(&self, event_type: &str) -> String {
-        format!("{}.{event_type}", self.service)
+        names::work_queue(&self.service, event_type)
     }
 
     /// Dead-letter queue of an event type: `S.user.registered.dead`.
     #[must_use]
     pub fn dead_queue(&self, event_type: &str) -> String {
-        format!("{}.dead", self.work_queue(event_type))
+        names::dead_queue(&self.work_queue(event_type))
     }
 
     /// Retry tier `tier` (0-based) of an event type: `S.user.registered.retry.10s`.
     #[must_use]
     pub fn retry_queue(&self, event_type: &str, tier: usize) -> Option<String> {
         let delay = self.retry_delays.get(tier)?;
-        Some(format!(
-            "{}.retry.{}",
-            self.work_queue(event_type),
-            crate::config::duration::format(*delay)
-        ))
+        Some(names::retry_queue(&self.work_queue(event_type), *delay))
     }
 
     /// Every queue, work queue first, then its tiers, then its dead letters.

@@ -113,6 +113,36 @@ pub fn check_url(urls: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The AMQP minimum frame size: RabbitMQ refuses a connection that asks for less.
+const FRAME_MIN: u32 = 4096;
+
+/// Checks the query of each URI in `urls` against what warren needs on one
+/// connection: `channel_max` of at least `channels` (0, the broker's limit,
+/// is fine), and `frame_max` of 0 or at least the AMQP minimum of 4096.
+/// With less, every connection fails the same way and reconnecting forever
+/// hides it.
+///
+/// # Errors
+///
+/// The parameter, its value and what is needed, without the password.
+pub fn check_limits(urls: &str, channels: u16) -> Result<(), String> {
+    for url in split_list(urls) {
+        let Ok(uri) = parse(url) else { continue };
+        if let Some(max) = uri.query.channel_max.filter(|&m| m != 0 && m < channels) {
+            return Err(format!(
+                "channel_max={max} allows fewer channels than warren opens on one connection ({channels}: one to \
+                 republish retries, one per consumed event type); raise it or leave it out"
+            ));
+        }
+        if let Some(max) = uri.query.frame_max.filter(|&m| m != 0 && m < FRAME_MIN) {
+            return Err(format!(
+                "frame_max={max} is below the AMQP minimum of {FRAME_MIN}; raise it or leave it out"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The URL (or each URL of a comma-separated list) with its password
 /// replaced by `***`, safe to log or print.
 ///
@@ -340,6 +370,26 @@ mod tests {
         assert_eq!(redact_url("amqp://user@h"), "amqp://user@h");
         assert_eq!(redact_url("amqp://u:Qz/Kw@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
         assert_eq!(redact_url("amqp://h/v"), "amqp://h/v");
+    }
+
+    #[test]
+    fn limits_that_can_never_work_are_refused() {
+        let err = check_limits("amqp://u:Qz9@h/%2f?channel_max=1", 4).unwrap_err();
+        assert!(err.contains("channel_max=1") && err.contains("(4:"), "{err}");
+        assert!(!err.contains("Qz9"), "{err}");
+        assert!(check_limits("amqp://h,amqp://h2/%2f?channel_max=3", 4).is_err());
+        assert!(
+            check_limits("amqp://h/%2f?frame_max=512", 4)
+                .unwrap_err()
+                .contains("4096")
+        );
+        for fine in [
+            "amqp://h",
+            "amqp://h/%2f?channel_max=0",
+            "amqp://h/%2f?channel_max=4&frame_max=8192",
+        ] {
+            assert_eq!(check_limits(fine, 4), Ok(()), "{fine}");
+        }
     }
 
     #[test]

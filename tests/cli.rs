@@ -316,11 +316,14 @@ fn a_bad_setting_is_one_line_naming_the_variable_and_a_typo_gets_a_suggestion() 
 
 /// Runs warren until it exits, or kills it after `within` (then `None`).
 fn exit_within(args: &[&str], env: &[(&str, &str)], within: std::time::Duration) -> Option<Output> {
-    let dir = std::env::temp_dir().join(support::unique("cli"));
-    std::fs::create_dir_all(&dir).unwrap();
+    exit_within_in(&temp_dir(), args, env, within)
+}
+
+/// [`exit_within`] in `dir`, where it reads warren.toml and .env.
+fn exit_within_in(dir: &Path, args: &[&str], env: &[(&str, &str)], within: std::time::Duration) -> Option<Output> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
     cmd.args(args)
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_remove("AMQP_URL")
         .env("WARREN_INGRESS__LISTEN", "127.0.0.1:0")
         .stdout(std::process::Stdio::piped())
@@ -368,4 +371,116 @@ async fn a_refused_login_or_a_missing_vhost_stops_each_service_at_start() {
             assert!(!err.contains("hunter22"), "password leaked: {err}");
         }
     }
+}
+
+/// Settings that can never work stop every command at once, with exit code
+/// 1 and one short line naming the setting: never a panic (101), a retry
+/// loop, or the value echoed whole.
+#[test]
+fn settings_that_can_never_work_stop_at_once_with_one_line() {
+    let long_service = "s".repeat(276);
+    let huge = "x".repeat(120 * 1024);
+    let cases: &[(&[&str], (&str, &str), &str)] = &[
+        (
+            &["topology", "apply"],
+            ("WARREN_CONSUMER__SERVICE", &long_service),
+            "at most 255",
+        ),
+        (
+            &["config"],
+            ("WARREN_CONSUMER__SERVICE", "svc\n\u{1b}[31mforged"),
+            "control character U+000A",
+        ),
+        (
+            &["config"],
+            ("WARREN_CONSUMER__PREFETCH", &huge),
+            "(cut: 122880 bytes in all)",
+        ),
+        (
+            &["ingress"],
+            ("WARREN_INGRESS__MAX_BODY", "0"),
+            "whole number of 1 or more",
+        ),
+        (&["ingress"], ("WARREN_INGRESS__REQUEST_TIMEOUT", "0s"), "above zero"),
+        (
+            &["publish", "user.login", "--data", "{}"],
+            ("WARREN_PUBLISHER__CONFIRM_TIMEOUT", "0s"),
+            "above zero",
+        ),
+        (
+            &["run"],
+            ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f?channel_max=1"),
+            "channel_max=1",
+        ),
+        (
+            &["consume"],
+            ("WARREN_CONSUMER__EVENT_TYPES", ""),
+            "consumer.event_types is empty",
+        ),
+        (
+            &["run"],
+            ("WARREN_CONSUMER__EVENT_TYPES", " "),
+            "consumer.event_types is empty",
+        ),
+    ];
+    for (args, (name, value), why) in cases {
+        let out = exit_within(args, &[(name, value)], std::time::Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("warren {args:?} with {name} kept running"));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "warren {args:?} with {name}: {err}");
+        assert!(
+            err.contains(why) && err.len() < 1000,
+            "warren {args:?} with {name}: {}",
+            &err[..err.len().min(2000)]
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains('\u{1b}') && !err.contains("panicked"), "{err:?}");
+    }
+}
+
+/// A settings file or `.env` that is a device, a FIFO or a directory is
+/// refused at once, without reading it (`/dev/zero` would never end).
+#[test]
+fn a_settings_file_that_is_not_a_regular_file_is_refused_at_once() {
+    for (file, target) in [
+        ("warren.toml", "/dev/zero"),
+        (".env", "/dev/zero"),
+        ("warren.toml", "fifo"),
+    ] {
+        let dir = temp_dir();
+        if target == "fifo" {
+            let made = Command::new("mkfifo").arg(dir.join(file)).status().expect("mkfifo");
+            assert!(made.success());
+        } else {
+            std::os::unix::fs::symlink(target, dir.join(file)).unwrap();
+        }
+        let out = exit_within_in(&dir, &["config"], &[], std::time::Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("warren config hung on {file} -> {target}"));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(file) && err.contains("not a regular file"), "{err}");
+    }
+}
+
+#[test]
+fn config_says_no_retries_resolves_host_names_and_names_the_celery_broker() {
+    let dir = temp_dir();
+    std::fs::write(dir.join(".env"), "CELERY_BROKER_URL=redis://:Qz9pw@localhost:6379/0\n").unwrap();
+    let out = warren_in(
+        &dir,
+        &["config"],
+        &[
+            ("EVENT_RETRY_ATTEMPTS", "0"),
+            ("WARREN_INGRESS__LISTEN", "localhost:8597"),
+        ],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("# retry delays: none: no retries"), "{stdout}");
+    assert!(stdout.contains("listen = \"127.0.0.1:8597\""), "{stdout}");
+    assert!(
+        stderr.contains("CELERY_BROKER_URL") && stderr.contains("Redis"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Qz9pw") && !stdout.contains("Qz9pw"), "{stderr}");
 }

@@ -425,3 +425,109 @@ fn an_unencoded_slash_in_the_password_is_refused_without_showing_it() {
         assert!(!all.contains("Sekr1t") && !all.contains("Warren@"), "{args:?}: {all}");
     }
 }
+
+/// Passwords that spell ordinary words (or are the user's name): the log is
+/// masked where the password sits (the URI, the SASL PLAIN response, a
+/// `password` field), every other word of it stays whole, and a mask never
+/// stands where the password was not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_or_common_password_is_masked_where_it_sits_and_nowhere_else() {
+    let conn = support::connect().await;
+    let broker = warren::uri::parse(&support::amqp_url()).expect("AMQP_URL parses");
+    let s = support::settings("secrets-weak", false);
+    let url = |user: &str, password: &str| {
+        format!(
+            "amqp://{user}:{password}@{}:{}/%2f",
+            broker.authority.host, broker.authority.port
+        )
+    };
+    let env = |url: &str| Env {
+        vars: [
+            ("WARREN_AMQP__URL", url),
+            ("WARREN_TOPOLOGY__EXCHANGE", &s.topology.exchange),
+            ("WARREN_CONSUMER__SERVICE", &s.consumer.service),
+            ("WARREN_TOPOLOGY__QUEUE_TYPE", "classic"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec(),
+    };
+    // Every run first, the checks after the cleanup: a failing check must
+    // not leave the topology on the broker.
+    let mut runs = Vec::new();
+    for password in ["o", "wrong", "password", "guest", "vhost"] {
+        let user = BrokerUser::create(password);
+        let out = env(&url(&user.name, password))
+            .command(&["topology", "apply"])
+            .output()
+            .expect("run warren");
+        runs.push((password, user.name.clone(), out));
+    }
+    // A refused login: its message names the cause in whole words.
+    let user = BrokerUser::create("password");
+    let refused = env(&url(&user.name, "wrong"))
+        .command(&["topology", "apply"])
+        .output()
+        .expect("run warren");
+    let refused_user = user.name.clone();
+    drop(user);
+    support::cleanup(&conn, &warren::Topology::from_settings(&s)).await;
+
+    let text = |out: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for (password, user, out) in &runs {
+        let all = text(out);
+        assert!(out.status.success(), "topology apply failed:\n{}", tail(&all));
+        assert!(all.contains("StartOk"), "no frame trace:\n{}", tail(&all));
+        assert_masked_in_place(&all, user, password);
+    }
+    let all = text(&refused);
+    assert!(!refused.status.success(), "{}", tail(&all));
+    assert!(
+        all.contains("login refused: wrong username or password"),
+        "{}",
+        tail(&all)
+    );
+    assert_masked_in_place(&all, &refused_user, "wrong");
+}
+
+/// `output` holds `password` in none of the places it sits, and each `***`
+/// stands in one of them.
+fn assert_masked_in_place(output: &str, user: &str, password: &str) {
+    let list = |b: &[u8]| {
+        let l = format!("{b:?}");
+        l[1..l.len() - 1].to_owned()
+    };
+    let sasl = format!("\0{user}\0{password}");
+    for (what, needle) in [
+        ("URI", format!("{user}:{password}@")),
+        ("SASL byte list", list(sasl.as_bytes())),
+        ("SASL base64", STANDARD.encode(&sasl)),
+        ("password field", format!("password: \"{password}\"")),
+    ] {
+        assert!(
+            !output.contains(&needle),
+            "password {password:?} shown as its {what}:\n{}",
+            tail(output)
+        );
+    }
+    let masked_user = format!("{}, 0, ***", list(user.as_bytes()));
+    for (at, _) in output.match_indices("***") {
+        let before = &output[..at];
+        let placed = before.ends_with(&format!("{user}:"))
+            || before.ends_with("guest:")
+            || output[..at + 3].ends_with(&masked_user)
+            || before.ends_with("password: \"");
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line_end = output[at..].find('\n').map_or(output.len(), |i| at + i);
+        assert!(
+            placed,
+            "a mask where the password {password:?} was not:\n{}",
+            &output[line_start..line_end]
+        );
+    }
+}

@@ -47,6 +47,17 @@ impl ConfigError {
     }
 }
 
+/// The error for a rule that spans settings, naming `key` as the user set it
+/// (the last of `entries` that set it, or its default).
+pub(super) fn setting(entries: &[Entry], key: &str, problem: &str) -> ConfigError {
+    let given = entries
+        .iter()
+        .rev()
+        .find(|e| e.key == key)
+        .map_or_else(|| format!("the default of {key}"), given);
+    ConfigError::Invalid(format!("{given}: {problem}"))
+}
+
 /// How the user set `entry`, with its value when it may be shown.
 fn given(entry: &Entry) -> String {
     let value = shown(entry);
@@ -67,19 +78,50 @@ fn given(entry: &Entry) -> String {
     }
 }
 
-/// The value as it may be shown: not at all for a secret, and `webhook.url`
-/// without its password.
+/// The value as it may be shown: not at all for a secret, `webhook.url`
+/// without its password, and cut to [`QUOTED`] bytes.
 fn shown(entry: &Entry) -> Option<String> {
     if SECRET_KEYS.contains(&entry.key.as_str()) {
         return None;
     }
     let url = entry.key == "webhook.url";
-    Some(match &entry.value {
+    Some(quote(&match &entry.value {
         Raw::Text(s) if url => redact_url(s),
         Raw::Text(s) => s.clone(),
         Raw::Toml(toml::Value::String(s)) if url => format!("{:?}", redact_url(s)),
         Raw::Toml(v) => v.to_string(),
-    })
+    }))
+}
+
+/// The most of a value (or name) an error quotes, in bytes: a value pasted
+/// by mistake (a whole file, 10 MB) must not flood the terminal or the log.
+pub(super) const QUOTED: usize = 100;
+
+/// `text` as an error may quote it: control characters escaped (so a
+/// newline or an escape cannot forge lines or move the cursor), and cut to
+/// [`QUOTED`] bytes, saying so and how long it was.
+pub(super) fn quote(text: &str) -> String {
+    quote_at_most(text, QUOTED)
+}
+
+/// [`quote`] with a limit of `max` bytes.
+pub(super) fn quote_at_most(text: &str, max: usize) -> String {
+    let cut = crate::event::truncate(text, max);
+    let mut out: String = cut
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if cut.len() < text.len() {
+        out.push_str(&format!("… (cut: {} bytes in all)", text.len()));
+    }
+    out
 }
 
 /// The candidate nearest to `name` (ignoring case) when it is near enough
@@ -89,6 +131,9 @@ pub(super) fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a s
     let limit = (name.len() / 4).max(2);
     candidates
         .into_iter()
+        // The distance is at least the difference in length: a name far
+        // longer than any candidate (a pasted file) costs nothing to skip.
+        .filter(|c| c.len().abs_diff(name.len()) <= limit)
         .map(|c| (distance(&name, &c.to_uppercase()), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)

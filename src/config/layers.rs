@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::errors::nearest;
+use super::errors::{nearest, quote};
 use super::values::{Raw, normalize};
 use super::{ALIASES, ConfigError, Origin, Settings, Sources};
 
@@ -17,6 +17,10 @@ pub(super) struct Entry {
     pub(super) origin: Origin,
     pub(super) value: Raw,
 }
+
+/// The largest settings or `.env` file read: far more than any real one,
+/// small enough that a wrong path (a log, a disk image) is refused at once.
+pub(super) const MAX_FILE: u64 = 1024 * 1024;
 
 /// The settings file's path and text: `--config PATH` (which must exist),
 /// else `warren.toml` in the directory when it is there.
@@ -36,8 +40,41 @@ pub(super) fn read_file(sources: &Sources) -> Result<Option<(PathBuf, String)>, 
     if sources.file.is_none() && !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| error(&path, e.to_string()))?;
+    let text = read_small(&path).map_err(|e| error(&path, e))?;
     Ok(Some((path, text)))
+}
+
+/// The text of a regular file of at most [`MAX_FILE`] bytes. A device
+/// (`/dev/zero`), a FIFO or a directory is refused before it is opened:
+/// reading one would never end, or block until a writer comes.
+///
+/// # Errors
+///
+/// What the file is instead, its size, or the I/O error.
+pub(super) fn read_small(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "a device, FIFO or socket"
+        };
+        return Err(format!("not a regular file ({what})"));
+    }
+    let too_big = || format!("larger than {} KiB: is this the right file?", MAX_FILE / 1024);
+    if meta.len() > MAX_FILE {
+        return Err(too_big());
+    }
+    let mut text = String::new();
+    // Capped again while reading: the file may grow after the check.
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(too_big());
+    }
+    Ok(text)
 }
 
 /// The file's values, one entry per setting.
@@ -101,8 +138,8 @@ fn flatten(
         } else {
             let all = keys.iter().chain(sections).map(String::as_str);
             return Err(match nearest(&key, all) {
-                Some(near) => format!("unknown key {key}; did you mean {near}?"),
-                None => format!("unknown key {key}"),
+                Some(near) => format!("unknown key {}; did you mean {near}?", quote(&key)),
+                None => format!("unknown key {}", quote(&key)),
             });
         }
     }
@@ -114,23 +151,25 @@ pub(super) fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigEr
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let err = |e: dotenvy::Error| ConfigError::DotEnv {
+    let error = |message: String| ConfigError::DotEnv {
         path: path.display().to_string(),
-        message: match e {
-            dotenvy::Error::LineParse(line, at) => unparsable_line(path, &line, at),
-            other => other.to_string(),
-        },
+        message,
     };
-    dotenvy::from_path_iter(path)
-        .map_err(err)?
+    let text = read_small(path).map_err(error)?;
+    let err = |e: dotenvy::Error| {
+        error(match e {
+            dotenvy::Error::LineParse(line, at) => unparsable_line(&text, &line, at),
+            other => other.to_string(),
+        })
+    };
+    dotenvy::from_read_iter(text.as_bytes())
         .map(|r| r.map_err(err))
         .collect()
 }
 
 /// Where a `.env` line does not parse, by line number and variable name:
 /// dotenvy's own message quotes the line, which may hold a password.
-fn unparsable_line(path: &Path, line: &str, at: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+fn unparsable_line(text: &str, line: &str, at: usize) -> String {
     let first = line.lines().next().unwrap_or_default();
     let Some((number, whole)) = text
         .lines()
@@ -142,7 +181,7 @@ fn unparsable_line(path: &Path, line: &str, at: usize) -> String {
     let name = whole.split('=').next().unwrap_or_default().trim();
     let name = name.strip_prefix("export ").unwrap_or(name).trim();
     let name = if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        format!(" ({name})")
+        format!(" ({})", quote(name))
     } else {
         String::new()
     };
@@ -213,13 +252,45 @@ pub(super) fn variables(
             });
         }
     }
+    if let Some(&(in_dotenv, name, value)) = vars.iter().rev().find(|(_, n, _)| *n == CELERY) {
+        let place = origin(in_dotenv, name).to_string();
+        let amqp_set = entries.contains_key("amqp.url");
+        warnings.push(celery_notice(&place, value, amqp_set));
+    }
     (entries.into_values().collect(), warnings)
+}
+
+/// Celery's broker setting, which the seed's `.env` holds.
+const CELERY: &str = "CELERY_BROKER_URL";
+
+/// What warren does with `CELERY_BROKER_URL` (nothing, but say so: an
+/// operator moving from Celery may expect it to be picked up): a Redis URL
+/// cannot serve, a RabbitMQ one could, as `AMQP_URL`. The URL is shown
+/// without its password.
+fn celery_notice(place: &str, url: &str, amqp_set: bool) -> String {
+    let shown = quote(&crate::uri::redact_url(url.trim()));
+    let scheme = url.trim().split_once("://").map_or("", |(s, _)| s).to_ascii_lowercase();
+    let instead = if amqp_set {
+        "warren connects to amqp.url as set"
+    } else {
+        "warren connects to the default amqp.url"
+    };
+    match scheme.as_str() {
+        "redis" | "rediss" | "sentinel" => format!(
+            "{place} ({shown}) is ignored: it names a Redis broker, and warren works with RabbitMQ only; {instead}"
+        ),
+        "amqp" | "amqps" | "pyamqp" | "librabbitmq" => format!(
+            "{place} ({shown}) is ignored: {instead}. To use that RabbitMQ, set AMQP_URL to the same URL \
+             (scheme amqp:// or amqps://, the vhost / written as %2f)"
+        ),
+        _ => format!("{place} ({shown}) is ignored: warren reads its broker from amqp.url (AMQP_URL)"),
+    }
 }
 
 fn unknown_variable(name: &str, dotenv: Option<&Path>, keys: &BTreeSet<String>) -> String {
     let place = match dotenv {
-        Some(path) => format!("{name} in {}", path.display()),
-        None => format!("environment variable {name}"),
+        Some(path) => format!("{} in {}", quote(name), path.display()),
+        None => format!("environment variable {}", quote(name)),
     };
     let names: Vec<String> = keys
         .iter()

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::errors::SECRET_KEYS;
+use super::errors::{SECRET_KEYS, setting};
 use super::layers::{self, Entry};
-use super::{ConfigError, Settings, values};
+use super::{ConfigError, Settings, names, values};
 
 /// Settings given as lists (comma separated in the environment).
 const LIST_KEYS: &[&str] = &["consumer.retry.delays", "consumer.event_types"];
@@ -85,7 +85,7 @@ impl Settings {
             values::check(&entry.key, &entry.value).map_err(|detail| ConfigError::value(entry, detail))?;
         }
         let settings = merge(file.as_ref().map(|(_, text)| text.as_str()), &entries)?;
-        check_together(&settings)?;
+        check_together(&settings, &entries)?;
         let mut origins: BTreeMap<String, Origin> =
             Settings::keys().into_iter().map(|k| (k, Origin::Default)).collect();
         // File entries come first, so a variable's origin wins over the file's.
@@ -100,14 +100,46 @@ impl Settings {
     }
 }
 
-/// The rules that span two settings (each value was checked on its own).
-fn check_together(s: &Settings) -> Result<(), ConfigError> {
+/// The rules that span settings (each value was checked on its own).
+fn check_together(s: &Settings, entries: &[Entry]) -> Result<(), ConfigError> {
     if s.amqp.tls_cert_file.is_some() != s.amqp.tls_key_file.is_some() {
         return Err(ConfigError::Invalid(
             "amqp.tls_cert_file and amqp.tls_key_file go together: set both or neither".into(),
         ));
     }
-    Ok(())
+    check_name_lengths(s, entries)?;
+    // The consumer's connection holds one channel to republish and one per
+    // work queue (the one that declares is closed before they open).
+    let channels = u16::try_from(s.consumer.event_types.len() + 1).unwrap_or(u16::MAX);
+    crate::uri::check_limits(&s.amqp.url, channels).map_err(|e| setting(entries, "amqp.url", &e))
+}
+
+/// Refuses names the broker would refuse: a queue or exchange name is at
+/// most 255 bytes, and the longest queue name is the service's with an
+/// event type and a suffix (`.retry.10s`, `.dead`).
+fn check_name_lengths(s: &Settings, entries: &[Entry]) -> Result<(), ConfigError> {
+    let max = names::MAX_NAME;
+    if s.topology.exchange.len() > max {
+        let problem = format!(
+            "the broker takes names of at most {max} bytes; this one is {}",
+            s.topology.exchange.len()
+        );
+        return Err(setting(entries, "topology.exchange", &problem));
+    }
+    match names::longest_queue(s) {
+        Some(longest) if longest.len() > max => {
+            let room = (max + s.consumer.service.len()).saturating_sub(longest.len());
+            let problem = format!(
+                "makes queue names of up to {} bytes (such as {}), and the broker takes at most {max}: \
+                 with these event types and retry tiers, a service name may be {} bytes long at most",
+                longest.len(),
+                super::errors::quote(&longest),
+                room,
+            );
+            Err(setting(entries, "consumer.service", &problem))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Merges the defaults, the file and the variables (already checked) into settings.
@@ -160,15 +192,19 @@ fn unexpected(e: &config::ConfigError, entries: &[Entry]) -> ConfigError {
     if let Some(entry) = entries.iter().rev().find(|entry| Some(entry.key.as_str()) == key) {
         return ConfigError::value(entry, None);
     }
-    let mut message = e.to_string();
-    for entry in entries.iter().filter(|e| SECRET_KEYS.contains(&e.key.as_str())) {
-        if let values::Raw::Text(secret) = &entry.value
-            && !secret.is_empty()
-        {
-            message = message.replace(secret.as_str(), "***");
-        }
-    }
-    ConfigError::Invalid(message)
+    // Masked where a secret sits, as in the log: a short token replaced
+    // everywhere would garble the message and show itself by the gap.
+    let secrets = entries
+        .iter()
+        .filter(|e| SECRET_KEYS.contains(&e.key.as_str()))
+        .filter_map(|e| match &e.value {
+            values::Raw::Text(secret) => Some(secret.as_bytes()),
+            values::Raw::Toml(_) => None,
+        });
+    let message = e.to_string();
+    let message = crate::secrets::Scrubber::new(secrets).scrub(&message).into_owned();
+    // It may quote a value (`invalid type: string "…"`): cut, as values are.
+    ConfigError::Invalid(super::errors::quote_at_most(&message, 4 * super::errors::QUOTED))
 }
 
 #[cfg(test)]
@@ -333,7 +369,7 @@ mod tests {
         );
         assert_eq!(
             error(&[("EVENT_TIMEOUT", "-1")]),
-            "environment variable EVENT_TIMEOUT=-1: must be a duration like 500ms, 30s or 2m (a bare number is seconds)"
+            "environment variable EVENT_TIMEOUT=-1: must be a duration above zero, like 500ms, 30s or 2m (a bare number is seconds)"
         );
         let err = error(&[("WARREN_CONSUMER__CONCURRENCY", "1.5")]);
         assert!(err.contains("=1.5: must be a whole number of 1 or more"), "{err}");
@@ -471,5 +507,201 @@ mod tests {
             assert!(err.contains("line 2 (WARREN_AMQP__URL) does not parse"), "{err}");
             assert!(!err.contains("Qz9"), "{err}");
         }
+    }
+    #[test]
+    fn names_with_control_characters_are_refused_where_set() {
+        for (name, value) in [
+            ("WARREN_CONSUMER__SERVICE", "svc\nINFO forged"),
+            ("WARREN_TOPOLOGY__EXCHANGE", "ev\u{1b}[2Jents"),
+            ("WARREN_PUBLISHER__SOURCE", "src\r"),
+            ("WARREN_AMQP__CONNECTION_NAME", "conn\u{1b}"),
+        ] {
+            let err = error(&[(name, value)]);
+            assert!(err.starts_with(&format!("environment variable {name}=")), "{err}");
+            assert!(err.contains("control character U+"), "{err}");
+            assert!(
+                !err.contains('\n') && !err.contains('\u{1b}') && !err.contains('\r'),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_service_name_too_long_for_its_queue_names_is_refused() {
+        let long = "s".repeat(276);
+        let err = error(&[("WARREN_CONSUMER__SERVICE", &long)]);
+        assert!(err.contains("environment variable WARREN_CONSUMER__SERVICE="), "{err}");
+        assert!(
+            err.contains("at most 255") && err.contains("may be 229 bytes long at most"),
+            "{err}"
+        );
+        // The longest name counts, not the service alone: 240 + ".user.registered.dead".
+        let dir = temp_dir();
+        std::fs::write(
+            dir.join("warren.toml"),
+            format!("[consumer]\nservice = \"{}\"\nretry.attempts = 0\n", "s".repeat(240)),
+        )
+        .unwrap();
+        let err = try_load(&dir, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("consumer.service = \"sss") && err.contains("warren.toml"),
+            "{err}"
+        );
+        assert!(
+            load(&[("WARREN_CONSUMER__SERVICE", &"s".repeat(229))])
+                .settings
+                .consumer
+                .service
+                .len()
+                == 229
+        );
+        assert!(error(&[("WARREN_CONSUMER__SERVICE", &"s".repeat(230))]).contains("255"));
+        let err = error(&[("WARREN_PUBLISHER__SOURCE", &"p".repeat(256))]);
+        assert!(err.contains("(it is 256 bytes long)"), "{err}");
+        load(&[("WARREN_AMQP__CONNECTION_NAME", &"c".repeat(300))]);
+        let err = error(&[("WARREN_TOPOLOGY__EXCHANGE", &"x".repeat(256))]);
+        assert!(
+            err.contains("WARREN_TOPOLOGY__EXCHANGE") && err.contains("256"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn quoted_values_are_cut() {
+        let huge = "x".repeat(120 * 1024);
+        for err in [
+            error(&[("WARREN_CONSUMER__PREFETCH", &huge)]),
+            error(&[("WARREN_CONSUMER__EVENT_TYPES", &huge)]),
+            error(&[("WARREN_INGRESS__LISTEN", &huge)]),
+        ] {
+            assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..200]);
+            assert!(err.contains("(cut: 122880 bytes in all)"), "{err}");
+        }
+        let dir = temp_dir();
+        std::fs::write(dir.join("warren.toml"), format!("[consumer]\n{huge} = 1\n")).unwrap();
+        let err = try_load(&dir, &[]).unwrap_err().to_string();
+        assert!(err.len() < 1000 && err.contains("cut:"), "{}", &err[..200]);
+        let warnings = load(&[(&format!("WARREN_{huge}"), "1")]).warnings;
+        assert!(
+            warnings[0].len() < 1000 && warnings[0].contains("cut:"),
+            "{}",
+            &warnings[0][..200]
+        );
+    }
+
+    #[test]
+    fn a_settings_file_that_is_not_a_regular_file_is_refused() {
+        let dir = temp_dir();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("warren.toml")).unwrap();
+        let err = try_load(&dir, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("warren.toml") && err.contains("not a regular file"),
+            "{err}"
+        );
+        let dir = temp_dir();
+        std::os::unix::fs::symlink("/dev/zero", dir.join(".env")).unwrap();
+        let err = try_load(&dir, &[]).unwrap_err().to_string();
+        assert!(err.contains(".env") && err.contains("not a regular file"), "{err}");
+        let dir = temp_dir();
+        std::fs::create_dir(dir.join("warren.toml")).unwrap();
+        assert!(try_load(&dir, &[]).unwrap_err().to_string().contains("a directory"));
+        let dir = temp_dir();
+        let value = "x".repeat(2 * 1024 * 1024);
+        std::fs::write(dir.join(".env"), format!("WARREN_CONSUMER__PREFETCH={value}\n")).unwrap();
+        let err = try_load(&dir, &[]).unwrap_err().to_string();
+        assert!(err.contains("larger than 1024 KiB") && err.len() < 1000, "{err}");
+    }
+
+    #[test]
+    fn settings_that_can_never_work_are_refused() {
+        for (name, value) in [
+            ("WARREN_INGRESS__REQUEST_TIMEOUT", "0s"),
+            ("WARREN_INGRESS__MAX_BODY", "0"),
+            ("WARREN_INGRESS__MAX_BATCH", "0"),
+            ("WARREN_PUBLISHER__CONFIRM_TIMEOUT", "0s"),
+            ("EVENT_TIMEOUT", "0"),
+            ("WARREN_WEBHOOK__TIMEOUT", "0ms"),
+        ] {
+            let err = error(&[(name, value)]);
+            assert!(
+                err.starts_with(&format!("environment variable {name}={value}: must be")),
+                "{err}"
+            );
+        }
+        // Zero means something for these: no heartbeats, no drain.
+        load(&[
+            ("WARREN_AMQP__HEARTBEAT", "0s"),
+            ("WARREN_CONSUMER__SHUTDOWN_TIMEOUT", "0s"),
+        ]);
+    }
+
+    #[test]
+    fn amqp_url_limits_below_what_warren_needs_are_refused() {
+        let err = error(&[("AMQP_URL", "amqp://u:Qz9@h:5672/%2f?channel_max=1")]);
+        assert!(err.contains("environment variable AMQP_URL: channel_max=1"), "{err}");
+        assert!(!err.contains("Qz9"), "{err}");
+        // Two event types by default: three channels.
+        load(&[("AMQP_URL", "amqp://h:5672/%2f?channel_max=3")]);
+        assert!(error(&[("AMQP_URL", "amqp://h:5672/%2f?channel_max=2")]).contains("(3:"));
+    }
+
+    #[test]
+    fn the_token_is_trimmed_and_a_blank_one_refused() {
+        let s = load(&[("WARREN_INGRESS__TOKEN", "s3cret-token\n")]).settings;
+        assert_eq!(s.ingress.token.as_deref(), Some("s3cret-token"));
+        let dir = temp_dir();
+        std::fs::write(dir.join("warren.toml"), "[ingress]\ntoken = \"  tok \\n\"\n").unwrap();
+        assert_eq!(
+            try_load(&dir, &[]).unwrap().settings.ingress.token.as_deref(),
+            Some("tok")
+        );
+        for bad in [" \n", "Qz\nKw", "Qz\u{7f}Kw"] {
+            let err = error(&[("WARREN_INGRESS__TOKEN", bad)]);
+            assert!(
+                err.starts_with("environment variable WARREN_INGRESS__TOKEN: must be"),
+                "{err}"
+            );
+            assert!(!err.contains("Qz") && !err.contains("Kw"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_listen_address_may_name_a_host() {
+        let s = load(&[
+            ("WARREN_INGRESS__LISTEN", "localhost:8597"),
+            ("WARREN_METRICS__LISTEN", "localhost:9090"),
+        ])
+        .settings;
+        assert_eq!(s.ingress.listen.to_string(), "127.0.0.1:8597");
+        assert_eq!(
+            s.metrics.listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9090")
+        );
+        let dir = temp_dir();
+        std::fs::write(dir.join("warren.toml"), "[ingress]\nlisten = \"localhost:8600\"\n").unwrap();
+        assert_eq!(try_load(&dir, &[]).unwrap().settings.ingress.listen.port(), 8600);
+        let err = error(&[("WARREN_INGRESS__LISTEN", "no-such-host.invalid:8597")]);
+        assert!(err.contains("does not resolve"), "{err}");
+    }
+    #[test]
+    fn celery_broker_url_is_named_and_not_adopted() {
+        let dir = temp_dir();
+        std::fs::write(dir.join(".env"), "CELERY_BROKER_URL=redis://:Qz9pw@localhost:6379/0\n").unwrap();
+        let loaded = try_load(&dir, &[]).unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        let w = &loaded.warnings[0];
+        assert!(
+            w.starts_with(".env CELERY_BROKER_URL (redis://:***@localhost:6379/0) is ignored"),
+            "{w}"
+        );
+        assert!(w.contains("Redis") && !w.contains("Qz9"), "{w}");
+        let loaded = load(&[("CELERY_BROKER_URL", "amqp://app:Qz9pw@rabbit:5672//")]);
+        let w = &loaded.warnings[0];
+        assert!(
+            w.contains("environment CELERY_BROKER_URL (amqp://app:***@rabbit:5672//)"),
+            "{w}"
+        );
+        assert!(w.contains("set AMQP_URL") && !w.contains("Qz9"), "{w}");
+        assert_eq!(loaded.settings.amqp.url, Settings::default().amqp.url);
     }
 }

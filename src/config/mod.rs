@@ -11,11 +11,15 @@
 //! The loader never reads the process environment itself: callers pass the
 //! variables in, so tests (and embedders) control exactly what is seen.
 
+mod address;
 pub mod duration;
 mod errors;
 mod layers;
 mod load;
+pub mod names;
+mod roles;
 mod secret;
+mod token;
 mod values;
 
 use std::collections::BTreeSet;
@@ -197,12 +201,15 @@ impl RetrySettings {
 pub struct IngressSettings {
     /// Where the ingress listens: port 8597 by default, away from the ports
     /// of the services warren sits between (Go on 8080, Django on 8000).
+    /// A host name (`localhost:8597`) is resolved when the settings are read.
+    #[serde(deserialize_with = "address::deserialize")]
     pub listen: SocketAddr,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
     /// Largest number of events in one `POST /events/batch`.
     pub max_batch: usize,
-    /// Bearer token required when set.
+    /// Bearer token required when set; blanks around it are dropped.
+    #[serde(deserialize_with = "token::deserialize", default)]
     pub token: Option<String>,
     /// Time limit of one request.
     #[serde(with = "duration")]
@@ -239,7 +246,9 @@ pub struct WebhookSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
-    /// Separate listen address for `/metrics`; the ingress port serves it otherwise.
+    /// Separate listen address for `/metrics`; the ingress port serves it
+    /// otherwise. A host name is resolved when the settings are read.
+    #[serde(deserialize_with = "address::option::deserialize", default)]
     pub listen: Option<SocketAddr>,
 }
 

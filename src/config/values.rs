@@ -4,7 +4,6 @@
 //! serde would quietly bend, such as a concurrency of `1.5` read as 1.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 
 use super::{QueueType, duration};
 use crate::event::EventType;
@@ -22,8 +21,17 @@ pub(super) enum Raw {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Text,
-    /// Text that must not be empty (a name in the broker).
+    /// Text that must not be empty nor hold control characters (a name in
+    /// the broker, in the console and in every log line).
     Name,
+    /// Free text sent to the broker as a short string (`app_id`): no
+    /// control characters, at most 255 bytes.
+    Label,
+    /// Free text shown in the console and the log: no control characters.
+    Line,
+    /// The ingress token: trimmed when read, so it must not be blank, nor
+    /// hold a control character inside.
+    Token,
     Whole {
         min: u64,
         max: u64,
@@ -48,31 +56,27 @@ const fn whole(min: u64, max: u64) -> Kind {
 fn kind_of(key: &str) -> Option<Kind> {
     Some(match key {
         "amqp.url" => Kind::AmqpUrl,
-        "amqp.connection_name"
-        | "publisher.source"
-        | "ingress.token"
-        | "webhook.url"
-        | "webhook.path"
-        | "webhook.secret"
-        | "relay.database_url"
-        | "amqp.tls_ca_file"
-        | "amqp.tls_cert_file"
-        | "amqp.tls_key_file"
-        | "dead.export_dir" => Kind::Text,
+        "publisher.source" => Kind::Label,
+        "amqp.connection_name" => Kind::Line,
+        "ingress.token" => Kind::Token,
+        "webhook.url" | "webhook.path" | "webhook.secret" | "relay.database_url" | "amqp.tls_ca_file"
+        | "amqp.tls_cert_file" | "amqp.tls_key_file" | "dead.export_dir" => Kind::Text,
         "topology.exchange" | "consumer.service" | "relay.table" => Kind::Name,
-        "amqp.heartbeat"
-        | "publisher.confirm_timeout"
-        | "consumer.shutdown_timeout"
+        // Zero means something here: no heartbeats, no drain, no retention.
+        "amqp.heartbeat" | "consumer.shutdown_timeout" | "relay.retention" => Kind::Duration,
+        // Zero here would fail every request, publish or delivery.
+        "relay.poll_interval"
+        | "ingress.header_timeout"
+        | "ingress.idle_timeout"
         | "ingress.request_timeout"
-        | "webhook.timeout"
-        | "relay.retention" => Kind::Duration,
-        "relay.poll_interval" | "ingress.header_timeout" | "ingress.idle_timeout" => Kind::Positive,
+        | "publisher.confirm_timeout"
+        | "webhook.timeout" => Kind::Positive,
         "topology.queue_type" => Kind::QueueType,
         "topology.delivery_limit" | "consumer.retry.attempts" => whole(0, u64::from(u32::MAX)),
         "consumer.prefetch" => whole(1, u64::from(u16::MAX)),
         "consumer.concurrency" | "relay.batch_size" | "relay.pool_size" => whole(1, usize::MAX as u64),
-        "ingress.max_body" | "ingress.max_batch" => whole(0, usize::MAX as u64),
-        "ingress.max_connections" => whole(1, usize::MAX as u64),
+        // Zero bytes or zero events would refuse every request.
+        "ingress.max_body" | "ingress.max_batch" | "ingress.max_connections" => whole(1, usize::MAX as u64),
         "publisher.resend_on_reconnect" | "topology.declare" | "amqp.shuffle_urls" => Kind::Bool,
         "topology.quorum_initial_group_size" => whole(1, u64::from(u32::MAX)),
         "consumer.event_types" => Kind::EventTypes,
@@ -86,14 +90,17 @@ fn kind_of(key: &str) -> Option<Kind> {
 pub(super) fn expected(key: &str) -> String {
     match kind_of(key) {
         None | Some(Kind::Text) => "text".into(),
-        Some(Kind::Name) => "a name that is not empty".into(),
+        Some(Kind::Name) => "a name that is not empty, without control characters".into(),
+        Some(Kind::Label) => "text of at most 255 bytes, without control characters".into(),
+        Some(Kind::Line) => "text without control characters".into(),
+        Some(Kind::Token) => "a token that is not blank, without control characters inside".into(),
         Some(Kind::Whole { min, max }) if max == usize::MAX as u64 => format!("a whole number of {min} or more"),
         Some(Kind::Whole { min, max }) => format!("a whole number from {min} to {max}"),
         Some(Kind::Bool) => "true or false".into(),
         Some(Kind::Duration) => "a duration like 500ms, 30s or 2m (a bare number is seconds)".into(),
-        Some(Kind::Positive) => "a duration above zero, like 500ms, 30s or 2m".into(),
+        Some(Kind::Positive) => "a duration above zero, like 500ms, 30s or 2m (a bare number is seconds)".into(),
         Some(Kind::Delays) => "a list of durations above zero, like 1s,10s,1m".into(),
-        Some(Kind::Address) => "an address like 127.0.0.1:8597".into(),
+        Some(Kind::Address) => "an address like 127.0.0.1:8597 or localhost:8597".into(),
         Some(Kind::QueueType) => "quorum or classic".into(),
         Some(Kind::EventTypes) => format!("a list of event types from: {}", EventType::known_names()),
         Some(Kind::AmqpUrl) => "an AMQP URL like amqp://user:password@host:5672/%2f".into(),
@@ -105,7 +112,8 @@ pub(super) fn expected(key: &str) -> String {
 /// item of a list.
 pub(super) fn normalize(key: &str, value: &str) -> String {
     match kind_of(key) {
-        None | Some(Kind::Text) => value.to_owned(),
+        // The token is trimmed when deserialized, wherever it was set.
+        None | Some(Kind::Text | Kind::Label | Kind::Line | Kind::Token) => value.to_owned(),
         Some(Kind::Delays | Kind::EventTypes) => value.split(',').map(str::trim).collect::<Vec<_>>().join(","),
         Some(_) => value.trim().to_owned(),
     }
@@ -125,8 +133,16 @@ pub(super) fn check(key: &str, raw: &Raw) -> Result<(), Option<String>> {
         Kind::Delays => return check_delays(raw),
         Kind::EventTypes => return check_event_types(raw),
         Kind::AmqpUrl => return crate::uri::check_url(&scalar(raw).ok_or(None)?).map_err(Some),
+        Kind::Name => return check_name(&scalar(raw).ok_or(None)?),
+        Kind::Label => return check_label(&scalar(raw).ok_or(None)?),
+        Kind::Line => return control_character(&scalar(raw).ok_or(None)?),
+        Kind::Token => return check_token(&scalar(raw).ok_or(None)?),
+        Kind::Address => {
+            return super::address::resolve(&scalar(raw).ok_or(None)?)
+                .map(|_| ())
+                .map_err(Some);
+        }
         Kind::Text => scalar(raw).is_some(),
-        Kind::Name => scalar(raw).is_some_and(|s| !s.is_empty()),
         Kind::Whole { min, max } => scalar(raw)
             .and_then(|s| s.trim().parse::<u64>().ok())
             .is_some_and(|n| (min..=max).contains(&n)),
@@ -135,10 +151,39 @@ pub(super) fn check(key: &str, raw: &Raw) -> Result<(), Option<String>> {
         }),
         Kind::Duration => scalar(raw).is_some_and(|s| duration::parse(&s).is_ok()),
         Kind::Positive => scalar(raw).is_some_and(|s| duration::parse(&s).is_ok_and(|d| !d.is_zero())),
-        Kind::Address => scalar(raw).is_some_and(|s| s.trim().parse::<SocketAddr>().is_ok()),
         Kind::QueueType => scalar(raw).is_some_and(|s| s.parse::<QueueType>().is_ok()),
     };
     if ok { Ok(()) } else { Err(None) }
+}
+
+fn check_name(name: &str) -> Result<(), Option<String>> {
+    if name.is_empty() {
+        return Err(None);
+    }
+    control_character(name)
+}
+
+fn check_label(text: &str) -> Result<(), Option<String>> {
+    if text.len() > 255 {
+        return Err(Some(format!("it is {} bytes long", text.len())));
+    }
+    control_character(text)
+}
+
+fn check_token(token: &str) -> Result<(), Option<String>> {
+    if token.trim().is_empty() {
+        return Err(Some("it is blank: unset it to accept clients without a token".into()));
+    }
+    control_character(token.trim())
+}
+
+/// Refuses a control character (a newline, an escape): in a queue name or a
+/// log line it forges lines and moves the terminal's cursor.
+fn control_character(text: &str) -> Result<(), Option<String>> {
+    match text.chars().find(|c| c.is_control()) {
+        Some(c) => Err(Some(format!("it holds the control character U+{:04X}", u32::from(c)))),
+        None => Ok(()),
+    }
 }
 
 fn check_delays(raw: &Raw) -> Result<(), Option<String>> {
@@ -155,7 +200,10 @@ fn check_delays(raw: &Raw) -> Result<(), Option<String>> {
 fn check_event_types(raw: &Raw) -> Result<(), Option<String>> {
     for item in items(raw).ok_or(None)? {
         if EventType::find(&item).is_none() {
-            return Err(Some(format!("{item:?} is not one")));
+            return Err(Some(format!(
+                "{} is not one",
+                super::errors::quote(&format!("{item:?}"))
+            )));
         }
     }
     Ok(())

@@ -238,6 +238,7 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
         Command::Schema { event_type } => print!("{}", contract::schema(event_type.as_deref())?),
         Command::Asyncapi { json } => print!("{}", contract::asyncapi(&settings, json)?),
         Command::Consume { handler } => {
+            settings.check_consuming(origins.get("consumer.event_types"))?;
             let shutdown = shutdown_on_signal();
             let consumer = consumer(settings.clone(), handler.handler).await?;
             probes::consume(&settings, consumer, shutdown).await?;
@@ -247,7 +248,10 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
             ingress(&settings, shutdown, Readiness::new()).await?;
         }
         Command::Relay(args) => relay::run(&settings, args, shutdown_on_signal()).await?,
-        Command::Run { handler, relay } => run_all(settings, handler.handler, relay).await?,
+        Command::Run { handler, relay } => {
+            settings.check_consuming(origins.get("consumer.event_types"))?;
+            run_all(settings, handler.handler, relay).await?;
+        }
         Command::Bench(args) => {
             // Metrics are recorded as in `warren run`, where a recorder serves /metrics.
             warren::metrics::install()?;

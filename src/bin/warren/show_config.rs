@@ -47,10 +47,15 @@ pub fn render(settings: &Settings, origins: &Origins, json: bool) -> anyhow::Res
     } else {
         "consumer.retry.delays"
     };
+    // An empty list would read as a rendering fault: say what it means.
+    let delays = if delays.is_empty() {
+        "none: no retries, a failed event is parked in its .dead queue at once".to_owned()
+    } else {
+        delays.join(", ")
+    };
     let _ = write!(
         out,
-        "\n# Derived from the settings above:\n# retry delays: {} (from {delays_from})\n# queues:\n",
-        delays.join(", ")
+        "\n# Derived from the settings above:\n# retry delays: {delays} (from {delays_from})\n# queues:\n"
     );
     for q in queues {
         let _ = writeln!(out, "#   {q}");
