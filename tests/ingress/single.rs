@@ -160,14 +160,28 @@ async fn unknown_event_type_is_422_listing_the_known_ones() {
 #[tokio::test]
 async fn an_invalid_field_is_422_naming_it() {
     let fake = Arc::new(Fake::default());
-    for (body, field) in [
-        (SEED_REGISTERED.replace("john@example.com", "john"), "data.email"),
-        (SEED_LOGIN.replace("192.168.1.100", "300.1.1.1"), "data.ip_address"),
-        (SEED_REGISTERED.replace("\"source\": \"django-backend\",", ""), "source"),
+    for (body, field, quoted) in [
+        (
+            SEED_REGISTERED.replace("john@example.com", "john"),
+            "data.email",
+            "\"john\"",
+        ),
+        (
+            SEED_LOGIN.replace("192.168.1.100", "300.1.1.1"),
+            "data.ip_address",
+            "\"300.1.1.1\"",
+        ),
+        (
+            SEED_REGISTERED.replace("\"source\": \"django-backend\",", ""),
+            "source",
+            "",
+        ),
     ] {
         let a = call(app(&fake), post("/events", body)).await;
         assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", &fake);
         assert_eq!(a.body["error"]["field"], field, "{}", a.body);
+        let message = a.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(quoted), "the message quotes the value: {message}");
     }
     let a = call(app(&fake), post("/events", "[1, 2]")).await;
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", &fake);
