@@ -276,3 +276,35 @@ async fn bodies_over_max_body_get_the_json_413() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_mistyped_type_filter_is_400_naming_the_types() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-http-type", false);
+    let topology = support::declare(&conn, &s).await;
+    let dead = topology.dead_queue("user.registered");
+    park(&conn, &dead, 1, "exhausted").await;
+    let app = app(&s);
+    for req in [
+        get("/dead?type=user.registerd"),
+        get("/dead/stats?type=user.registerd"),
+        post("/dead/replay", &json!({"filter": {"type": "user.registerd"}})),
+        post(
+            "/dead/purge",
+            &json!({"filter": {"type": "user.registerd"}, "confirm": true}),
+        ),
+    ] {
+        let uri = req.uri().to_string();
+        let (status, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "unknown_event_type", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("\"user.registerd\"") && message.contains("user.registered, user.login"),
+            "{message}"
+        );
+    }
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(support::ready(&ch, &dead).await, 1, "nothing moved or removed");
+    support::cleanup(&conn, &topology).await;
+}

@@ -104,6 +104,10 @@ async fn with_dead<T: Send + 'static>(settings: Arc<Settings>, op: Op<T>) -> Res
     });
     match task.await {
         Ok(Ok(v)) => Ok(v),
+        // A mistake in the request, not the broker's: say which types there are.
+        Ok(Err(e @ crate::dead::DeadError::UnknownType { .. })) => {
+            Err(DeadError(StatusCode::BAD_REQUEST, "unknown_event_type", e.to_string()))
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "dead-letter request failed");
             Err(DeadError(
