@@ -308,3 +308,19 @@ async fn a_mistyped_type_filter_is_400_naming_the_types() {
     assert_eq!(support::ready(&ch, &dead).await, 1, "nothing moved or removed");
     support::cleanup(&conn, &topology).await;
 }
+
+#[test]
+fn the_documented_curls_use_the_ingress_port() {
+    let port = Settings::default().ingress.listen.port().to_string();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/HTTP.md")).unwrap();
+    let ports: Vec<&str> = doc
+        .split("http://127.0.0.1:")
+        .skip(1)
+        .map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+        .collect();
+    assert!(ports.len() >= 6, "the /dead examples are there: {ports:?}");
+    assert!(
+        ports.iter().all(|p| *p == port),
+        "docs/HTTP.md examples must use port {port}: {ports:?}"
+    );
+}
