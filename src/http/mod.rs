@@ -78,7 +78,7 @@ struct Shared {
 
 impl AppState {
     /// State for a router that publishes to `sink` under `settings`
-    /// (`max_body`, `max_batch`, `token`, `request_timeout`). Without
+    /// (`max_body`, `max_batch`, `allowed_hosts`, `token`, `request_timeout`). Without
     /// [`AppState::with_metrics`] the router has no `/metrics`.
     #[must_use]
     pub fn new(sink: Arc<dyn EventSink>, settings: &IngressSettings) -> Self {
