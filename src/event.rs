@@ -131,8 +131,26 @@ pub struct UserLogin {
     #[schemars(schema_with = "crate::schema::date_time")]
     pub login_timestamp: DateTime<Utc>,
     /// IPv4 or IPv6; anything else fails to parse.
+    #[serde(deserialize_with = "ip_address")]
     #[schemars(schema_with = "crate::schema::ip_address")]
     pub ip_address: IpAddr,
+}
+
+/// An IP address from a string; the error quotes the value (shortened), as
+/// those of the e-mail and timestamp fields do.
+fn ip_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = IpAddr;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an IPv4 or IPv6 address as a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IpAddr, E> {
+            v.parse()
+                .map_err(|_| E::custom(format!("{:?} is not an IPv4 or IPv6 address", truncate(v, 64))))
+        }
+    }
+    d.deserialize_str(Visitor)
 }
 
 impl Event for UserLogin {
@@ -700,6 +718,21 @@ mod tests {
             invalid_field(&SEED_LOGIN.replace("192.168.1.100", "300.1.1.1")),
             "data.ip_address"
         );
+        let long = "9".repeat(300);
+        for (bad, shown) in [
+            ("300.1.1.1", "\"300.1.1.1\""),
+            (long.as_str(), &format!("\"{}\"", &long[..64])),
+        ] {
+            let body = SEED_LOGIN.replace("192.168.1.100", bad);
+            let Err(DecodeError::Invalid(e)) = RawEnvelope::parse_known(body.as_bytes()) else {
+                panic!("{bad} is refused");
+            };
+            assert!(
+                e.reason.starts_with(&format!("{shown} is not an IPv4 or IPv6 address")),
+                "{}",
+                e.reason
+            );
+        }
         assert_eq!(
             invalid_field(&SEED_LOGIN.replace(
                 "\"user_id\": 123,\n    \"username\"",

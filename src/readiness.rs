@@ -4,6 +4,10 @@
 //!
 //! A [`Readiness`] is a cheap shared handle: the consumer updates it, the
 //! HTTP probes read it. It knows nothing of either, so both can use it.
+//!
+//! A part's detail is fixed text (`&'static str`): `/readyz` answers
+//! without a token, so an error's own text (the broker's address, the user,
+//! the OS error) can never reach it; the cause goes to the log.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,8 +18,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Part {
     pub ready: bool,
-    /// What it is doing (`consuming`), or why it is not ready.
-    pub detail: String,
+    /// What it is doing (`consuming`), or a generic reason why it is not
+    /// ready (`reconnecting`).
+    pub detail: &'static str,
 }
 
 /// Shared readiness of named parts; clones share the same state.
@@ -31,9 +36,9 @@ impl Readiness {
         Self::default()
     }
 
-    /// Records the state of `part`.
-    pub fn set(&self, part: &str, ready: bool, detail: impl Into<String>) {
-        let detail = detail.into();
+    /// Records the state of `part`; `detail` is served as is, so it names
+    /// no host, user or error text.
+    pub fn set(&self, part: &str, ready: bool, detail: &'static str) {
         let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
         match parts.get_mut(part) {
             Some(p) => {

@@ -374,3 +374,27 @@ async fn an_http_purge_killed_half_way_leaves_each_event_parked_or_in_its_export
         exported.len()
     );
 }
+
+#[tokio::test]
+async fn a_mistyped_type_filter_is_an_error_naming_the_types() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-cli-type", false);
+    let topology = support::declare(&conn, &s).await;
+    park(&conn, &topology.dead_queue("user.registered"), 1, "exhausted").await;
+    for args in [
+        &["list", "--type", "user.registerd"][..],
+        &["stats", "--type", "user.registerd"][..],
+        &["replay", "--type", "user.registerd", "--dry-run"][..],
+    ] {
+        let out = warren(&s, args).stdin(Stdio::null()).output().expect("run warren");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "warren dead {args:?} succeeded: {stderr}");
+        assert!(
+            stderr.contains("\"user.registerd\"") && stderr.contains("user.registered, user.login"),
+            "warren dead {args:?}: {stderr}"
+        );
+    }
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(support::ready(&ch, &topology.dead_queue("user.registered")).await, 1);
+    support::cleanup(&conn, &topology).await;
+}

@@ -307,3 +307,141 @@ async fn the_routes_need_the_token_and_a_token_off_loopback() {
     let plain = router(AppState::new(Arc::new(NoSink), &s.ingress));
     assert_eq!(call(&plain, get("/dead")).await.0, StatusCode::NOT_FOUND);
 }
+
+/// A request as a browser sends it to the ingress on 127.0.0.1:8597: `Host`
+/// always, `Origin` on a POST, and the `Content-Type` a page may send
+/// without asking the server first.
+fn from_page(uri: &str, origin: &str, content_type: &str, body: &Value) -> Request<Body> {
+    Request::post(uri)
+        .header(header::HOST, "127.0.0.1:8597")
+        .header(header::ORIGIN, origin)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pages_of_other_sites_and_rebound_names_cannot_drive_the_routes() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-csrf", false);
+    let topology = support::declare(&conn, &s).await;
+    let dead = topology.dead_queue("user.registered");
+    let work = topology.work_queue("user.registered");
+    park(&conn, &dead, 2, "exhausted").await;
+    let app = app(&s);
+    let ch = conn.create_channel().await.unwrap();
+    support::wait_ready(&ch, &dead, 2, Duration::from_secs(5)).await;
+
+    let purge = json!({"confirm": true});
+    let replay = json!({});
+    for (uri, body) in [("/dead/purge", &purge), ("/dead/replay", &replay)] {
+        let (status, answer) = call(&app, from_page(uri, "http://evil.example", "text/plain", body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {answer}");
+        assert_eq!(answer["error"]["code"], "foreign_origin", "{answer}");
+        let (status, answer) = call(&app, from_page(uri, "http://evil.example", "application/json", body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {answer}");
+        let (status, answer) = call(&app, from_page(uri, "null", "application/json", body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {answer}");
+        // The ingress's own origin still needs a JSON body.
+        let (status, answer) = call(&app, from_page(uri, "http://127.0.0.1:8597", "text/plain", body)).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{uri}: {answer}");
+        assert_eq!(answer["error"]["code"], "unsupported_media_type", "{answer}");
+    }
+    assert_eq!(support::ready(&ch, &dead).await, 2, "nothing purged or replayed");
+    assert_eq!(support::ready(&ch, &work).await, 0, "nothing replayed");
+
+    // DNS rebinding: a page on attacker.example, now resolving to 127.0.0.1.
+    let rebound = Request::get("/dead")
+        .header(header::HOST, "attacker.example")
+        .body(Body::empty())
+        .unwrap();
+    let (status, answer) = call(&app, rebound).await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["code"], "unknown_host", "{answer}");
+    assert!(answer.get("events").is_none(), "{answer}");
+    let own = Request::get("/dead")
+        .header(header::HOST, "localhost:8597")
+        .body(Body::empty())
+        .unwrap();
+    let (status, answer) = call(&app, own).await;
+    assert_eq!((status, &answer["count"]), (StatusCode::OK, &json!(2)), "{answer}");
+
+    // The same page may own the ingress's origin, so a purge it sends from there is refused too.
+    let rebound = Request::post("/dead/purge")
+        .header(header::HOST, "attacker.example:8597")
+        .header(header::ORIGIN, "http://attacker.example:8597")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(purge.to_string()))
+        .unwrap();
+    assert_eq!(call(&app, rebound).await.0, StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(support::ready(&ch, &dead).await, 2, "nothing purged");
+    support::cleanup(&conn, &topology).await;
+}
+
+#[tokio::test]
+async fn bodies_over_max_body_get_the_json_413() {
+    let s = support::settings("dead-limit", false);
+    let app = app(&s);
+    let big = format!(r#"{{"confirm":true,"pad":"{}"}}"#, "x".repeat(1 << 20));
+    for uri in ["/dead/purge", "/dead/replay"] {
+        let req = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(big.clone()))
+            .unwrap();
+        let (status, answer) = call(&app, req).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}: {answer}");
+        assert_eq!(answer["error"]["code"], "body_too_large", "{answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains("65536"),
+            "{answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_mistyped_type_filter_is_400_naming_the_types() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-http-type", false);
+    let topology = support::declare(&conn, &s).await;
+    let dead = topology.dead_queue("user.registered");
+    park(&conn, &dead, 1, "exhausted").await;
+    let app = app(&s);
+    for req in [
+        get("/dead?type=user.registerd"),
+        get("/dead/stats?type=user.registerd"),
+        post("/dead/replay", &json!({"filter": {"type": "user.registerd"}})),
+        post(
+            "/dead/purge",
+            &json!({"filter": {"type": "user.registerd"}, "confirm": true}),
+        ),
+    ] {
+        let uri = req.uri().to_string();
+        let (status, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "unknown_event_type", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("\"user.registerd\"") && message.contains("user.registered, user.login"),
+            "{message}"
+        );
+    }
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(support::ready(&ch, &dead).await, 1, "nothing moved or removed");
+    support::cleanup(&conn, &topology).await;
+}
+
+#[test]
+fn the_documented_curls_use_the_ingress_port() {
+    let port = Settings::default().ingress.listen.port().to_string();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/HTTP.md")).unwrap();
+    let ports: Vec<&str> = doc
+        .split("http://127.0.0.1:")
+        .skip(1)
+        .map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+        .collect();
+    assert!(ports.len() >= 6, "the /dead examples are there: {ports:?}");
+    assert!(
+        ports.iter().all(|p| *p == port),
+        "docs/HTTP.md examples must use port {port}: {ports:?}"
+    );
+}

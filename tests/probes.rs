@@ -125,19 +125,30 @@ impl Drop for Consume {
 }
 
 fn consume(s: &warren::Settings, url: &str, metrics: &str) -> Consume {
+    warren_cmd("consume", s, url, metrics)
+}
+
+/// `warren <command>` with the settings' names and `url`, answering probes
+/// on `listen` (`metrics.listen` for `consume`, the ingress for `run`).
+fn warren_cmd(command: &str, s: &warren::Settings, url: &str, listen: &str) -> Consume {
+    let setting = if command == "run" {
+        "WARREN_INGRESS__LISTEN"
+    } else {
+        "WARREN_METRICS__LISTEN"
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .arg("consume")
+        .arg(command)
         .env_remove("AMQP_URL")
+        .env(setting, listen)
         .env("WARREN_AMQP__URL", url)
         .env("WARREN_TOPOLOGY__EXCHANGE", &s.topology.exchange)
         .env("WARREN_CONSUMER__SERVICE", &s.consumer.service)
         .env("WARREN_TOPOLOGY__QUEUE_TYPE", "classic")
-        .env("WARREN_METRICS__LISTEN", metrics)
         .env("WARREN_LOG_JSON", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start warren consume");
+        .unwrap_or_else(|e| panic!("start warren {command}: {e}"));
     Consume(child)
 }
 
@@ -195,13 +206,24 @@ async fn warren_consume_alone_answers_probes_and_serves_metrics_on_metrics_liste
     support::cleanup(&conn, &warren::Topology::from_settings(&s)).await;
 }
 
+/// Asserts that a `/readyz` body names no broker address, user or OS error.
+fn assert_nothing_leaks(body: &str, broker: &str) {
+    for secret in ["guest", broker, "os error", "refused", "amqp://"] {
+        assert!(!body.contains(secret), "/readyz shows {secret:?}: {body}");
+    }
+}
+
 #[test]
 fn warren_consume_without_a_broker_is_alive_but_not_ready() {
     let s = support::settings("probes-down", false);
     let metrics = free_addr();
-    // Nothing listens on port 1: the consumer keeps reconnecting.
-    let _child = consume(&s, "amqp://guest:guest@127.0.0.1:1/%2f", &metrics);
-    let (_, body) = poll(&metrics, "/readyz", |status, _| status == 503);
+    // Nothing listens on a free port: the consumer keeps reconnecting.
+    let broker = free_addr();
+    let _child = consume(&s, &format!("amqp://guest:guest@{broker}/%2f"), &metrics);
+    let (_, body) = poll(&metrics, "/readyz", |status, body| {
+        status == 503 && body.contains(r#""detail":"reconnecting"#)
+    });
+    assert_nothing_leaks(&body, &broker);
     let json: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["checks"]["consumer"]["ready"], false, "{body}");
     let queue = format!("queue {}.user.login", s.consumer.service);
@@ -217,4 +239,19 @@ fn warren_consume_without_a_broker_is_alive_but_not_ready() {
             .any(|l| l == "warren_broker_connected{role=\"consumer\"} 0"),
         "{text}"
     );
+}
+
+#[test]
+fn warren_run_without_a_broker_names_the_failing_parts_and_nothing_else() {
+    let s = support::settings("probes-run-down", false);
+    let ingress = free_addr();
+    let broker = free_addr();
+    let _child = warren_cmd("run", &s, &format!("amqp://guest:guest@{broker}/%2f"), &ingress);
+    let (_, body) = poll(&ingress, "/readyz", |status, body| {
+        status == 503 && body.contains(r#""detail":"reconnecting"#)
+    });
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["checks"]["publisher"]["ready"], false, "{body}");
+    assert_eq!(json["checks"]["consumer"]["detail"], "reconnecting", "{body}");
+    assert_nothing_leaks(&body, &broker);
 }

@@ -13,7 +13,7 @@ use super::layers::{self, Entry};
 use super::{ConfigError, Settings, names, values};
 
 /// Settings given as lists (comma separated in the environment).
-const LIST_KEYS: &[&str] = &["consumer.retry.delays", "consumer.event_types"];
+const LIST_KEYS: &[&str] = &["consumer.retry.delays", "consumer.event_types", "ingress.allowed_hosts"];
 
 /// Where settings come from.
 #[derive(Debug, Default, Clone)]

@@ -208,6 +208,11 @@ pub struct IngressSettings {
     pub max_body: usize,
     /// Largest number of events in one `POST /events/batch`.
     pub max_batch: usize,
+    /// The `Host` names (`name` or `name:port`) the ingress answers to on
+    /// `/events` and `/dead`, against DNS rebinding. Empty: the listen
+    /// address's own forms on a loopback address, any name elsewhere.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Bearer token required when set; blanks around it are dropped.
     #[serde(deserialize_with = "token::deserialize", default)]
     pub token: Option<String>,
@@ -323,6 +328,7 @@ impl Default for Settings {
                 listen: "127.0.0.1:8597".parse().expect("literal address"),
                 max_body: 64 * 1024,
                 max_batch: 500,
+                allowed_hosts: Vec::new(),
                 token: None,
                 request_timeout: Duration::from_secs(30),
                 header_timeout: Duration::from_secs(10),

@@ -96,6 +96,7 @@ impl fmt::Debug for IngressSettings {
             listen,
             max_body,
             max_batch,
+            allowed_hosts,
             token,
             request_timeout,
             header_timeout,
@@ -106,6 +107,7 @@ impl fmt::Debug for IngressSettings {
             .field("listen", listen)
             .field("max_body", max_body)
             .field("max_batch", max_batch)
+            .field("allowed_hosts", allowed_hosts)
             .field("token", &hidden(token.as_ref()))
             .field("request_timeout", request_timeout)
             .field("header_timeout", header_timeout)

@@ -45,6 +45,8 @@ enum Kind {
     Address,
     QueueType,
     EventTypes,
+    /// `Host` names: `name` or `name:port`, no blanks or slashes.
+    Hosts,
     AmqpUrl,
 }
 
@@ -80,6 +82,7 @@ fn kind_of(key: &str) -> Option<Kind> {
         "publisher.resend_on_reconnect" | "topology.declare" | "amqp.shuffle_urls" => Kind::Bool,
         "topology.quorum_initial_group_size" => whole(1, u64::from(u32::MAX)),
         "consumer.event_types" => Kind::EventTypes,
+        "ingress.allowed_hosts" => Kind::Hosts,
         "consumer.retry.delays" => Kind::Delays,
         "ingress.listen" | "metrics.listen" => Kind::Address,
         _ => return None,
@@ -102,6 +105,9 @@ pub(super) fn expected(key: &str) -> String {
         Some(Kind::Delays) => "a list of durations above zero, like 1s,10s,1m".into(),
         Some(Kind::Address) => "an address like 127.0.0.1:8597 or localhost:8597".into(),
         Some(Kind::QueueType) => "quorum or classic".into(),
+        Some(Kind::Hosts) => {
+            "a list of host names, each alone or with a port, like warren.internal,localhost:8597".into()
+        }
         Some(Kind::EventTypes) => format!("a list of event types from: {}", EventType::known_names()),
         Some(Kind::AmqpUrl) => "an AMQP URL like amqp://user:password@host:5672/%2f".into(),
     }
@@ -114,7 +120,9 @@ pub(super) fn normalize(key: &str, value: &str) -> String {
     match kind_of(key) {
         // The token is trimmed when deserialized, wherever it was set.
         None | Some(Kind::Text | Kind::Label | Kind::Line | Kind::Token) => value.to_owned(),
-        Some(Kind::Delays | Kind::EventTypes) => value.split(',').map(str::trim).collect::<Vec<_>>().join(","),
+        Some(Kind::Delays | Kind::EventTypes | Kind::Hosts) => {
+            value.split(',').map(str::trim).collect::<Vec<_>>().join(",")
+        }
         Some(_) => value.trim().to_owned(),
     }
 }
@@ -132,6 +140,7 @@ pub(super) fn check(key: &str, raw: &Raw) -> Result<(), Option<String>> {
     let ok = match kind {
         Kind::Delays => return check_delays(raw),
         Kind::EventTypes => return check_event_types(raw),
+        Kind::Hosts => return check_hosts(raw),
         Kind::AmqpUrl => return crate::uri::check_url(&scalar(raw).ok_or(None)?).map_err(Some),
         Kind::Name => return check_name(&scalar(raw).ok_or(None)?),
         Kind::Label => return check_label(&scalar(raw).ok_or(None)?),
@@ -204,6 +213,18 @@ fn check_event_types(raw: &Raw) -> Result<(), Option<String>> {
                 "{} is not one",
                 super::errors::quote(&format!("{item:?}"))
             )));
+        }
+    }
+    Ok(())
+}
+
+fn check_hosts(raw: &Raw) -> Result<(), Option<String>> {
+    for item in items(raw).ok_or(None)? {
+        let bad = |c: char| c.is_whitespace() || c.is_control() || "/\\@?#,".contains(c);
+        if item.is_empty() || item.contains(bad) {
+            return Err(Some(
+                "each name is a host, or host:port, without blanks, slashes or a scheme".into(),
+            ));
         }
     }
     Ok(())

@@ -232,7 +232,8 @@ impl Consumer {
                 }
             }
             metrics::gauge!(crate::metrics::BROKER_CONNECTED, "role" => "consumer").set(0.0);
-            self.readiness.set(CONNECTION, false, format!("reconnecting: {reason}"));
+            // The reason (address, user, OS error) is logged below, never served.
+            self.readiness.set(CONNECTION, false, "reconnecting");
             let wait = backoff.next_delay();
             if lived.is_some() {
                 warn!(%reason, retry_in = ?wait, "consumer lost the broker; reconnecting");

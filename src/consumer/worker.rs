@@ -69,7 +69,8 @@ impl Worker {
         let part = super::queue_part(&queue);
         let opened = open(conn, &queue, self.limits.prefetch).await;
         let (channel, mut deliveries) = opened.map_err(|e| {
-            self.readiness.set(&part, false, e.clone());
+            // The cause is logged with the lost worker, never served.
+            self.readiness.set(&part, false, "cannot open its channel");
             lost(e)
         })?;
         self.readiness.set(&part, true, "consuming");

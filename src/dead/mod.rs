@@ -76,6 +76,10 @@ pub enum DeadError {
     },
     #[error("record {line}: {reason}")]
     BadRecord { line: usize, reason: String },
+    /// A `type` filter that names none of the service's event types: a
+    /// typo would otherwise select nothing and look like an empty queue.
+    #[error("unknown event type {given:?} in the filter; the types of this service are: {known}")]
+    UnknownType { given: String, known: String },
 }
 
 impl DeadError {
@@ -137,10 +141,23 @@ impl DeadLetters {
         Ok(out)
     }
 
-    async fn total(&self, filter: &Filter) -> Result<u64, DeadError> {
+    /// [`DeadLetters::queues`], once the filter's type is checked: every
+    /// operation that takes a filter selects its queues here.
+    fn selected(&self, filter: &Filter) -> Result<Vec<(String, String)>, DeadError> {
+        let known = &self.topology.event_types;
+        match filter.event_type.as_deref() {
+            Some(t) if !known.iter().any(|k| k == t) => Err(DeadError::UnknownType {
+                given: crate::event::truncate(t, 100).to_owned(),
+                known: known.join(", "),
+            }),
+            _ => Ok(self.queues(filter)),
+        }
+    }
+
+    async fn total(&self, queues: &[(String, String)]) -> Result<u64, DeadError> {
         let mut total = 0;
-        for (_, q) in self.queues(filter) {
-            total += u64::from(rotate::count(&self.conn, &q).await?.unwrap_or(0));
+        for (_, q) in queues {
+            total += u64::from(rotate::count(&self.conn, q).await?.unwrap_or(0));
         }
         Ok(total)
     }
@@ -153,9 +170,10 @@ impl DeadLetters {
         stop: &CancellationToken,
         progress: Progress<'_>,
     ) -> Result<rotate::Pass, DeadError> {
-        let total = self.total(filter).await?;
+        let queues = self.selected(filter)?;
+        let total = self.total(&queues).await?;
         let (mut done, mut sum) = (0, rotate::Pass::default());
-        for (_, q) in self.queues(filter) {
+        for (_, q) in queues {
             let pass = rotate::pass(&self.conn, &q, visitor, stop, &mut |n| progress(done + n, total)).await?;
             done += pass.seen;
             sum.seen += pass.seen;
@@ -224,7 +242,7 @@ impl DeadLetters {
         stop: &CancellationToken,
         progress: Progress<'_>,
     ) -> Result<ReplayReport, DeadError> {
-        let queues = self.queues(&options.filter);
+        let queues = self.selected(&options.filter)?;
         if !options.dry_run {
             for (event_type, dead) in &queues {
                 let work = self.topology.work_queue(event_type);
@@ -233,7 +251,7 @@ impl DeadLetters {
                 }
             }
         }
-        let total = self.total(&options.filter).await?;
+        let total = self.total(&queues).await?;
         let mut v = ReplayVisitor::new(options);
         let mut done = 0;
         for (event_type, dead) in queues {
@@ -268,10 +286,11 @@ impl DeadLetters {
         stop: &CancellationToken,
         progress: Progress<'_>,
     ) -> Result<PurgeReport, DeadError> {
-        let total = self.total(filter).await?;
+        let queues = self.selected(filter)?;
+        let total = self.total(&queues).await?;
         let mut v = PurgeVisitor::new(filter, export);
         let mut done = 0;
-        for (_, dead) in self.queues(filter) {
+        for (_, dead) in queues {
             match rotate::pass(&self.conn, &dead, &mut v, stop, &mut |n| progress(done + n, total)).await {
                 Ok(p) => {
                     done += p.seen;

@@ -4,7 +4,10 @@
 //!
 //! They need `Authorization: Bearer <ingress.token>` when a token is set,
 //! and are refused (403) without a token unless the ingress listens on a
-//! loopback address: replaying and purging are operator actions. Each
+//! loopback address: replaying and purging are operator actions. Every one
+//! checks `Host` (421, see `guard.rs`); the `POST`s take only JSON bodies
+//! within `ingress.max_body` and refuse a foreign `Origin` (403), so no web
+//! page the operator opens can drive them. Each
 //! request opens its own AMQP connection (operator traffic is rare), and
 //! runs its operation in a task of its own, so a request that times out or
 //! a client that goes away never stops a replay or purge half-way.
@@ -13,7 +16,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -25,18 +29,22 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::body::JsonHead;
+use super::error::ApiError;
+use super::guard::{KnownHost, SameOrigin};
 use super::middleware::Authorized;
 use crate::config::Settings;
 use crate::dead::{DEFAULT_MAX_REPLAYS, DeadLetters, FileSink, Filter, PurgeReport, ReplayOptions, read_export};
 
-/// The `/dead` routes.
-pub(crate) fn routes() -> Router<AppState> {
+/// The `/dead` routes; request bodies up to `max_body` bytes.
+pub(crate) fn routes(max_body: usize) -> Router<AppState> {
     Router::new()
         .route("/dead", get(list))
         .route("/dead/stats", get(stats))
         .route("/dead/replay", post(replay))
         .route("/dead/purge", post(purge))
         .route("/dead/{event_id}", get(show))
+        .layer(DefaultBodyLimit::max(max_body))
 }
 
 /// An error answer: `{"error": {"code": …, "message": …}}`.
@@ -48,18 +56,27 @@ impl IntoResponse for DeadError {
     }
 }
 
+impl From<ApiError> for DeadError {
+    fn from(e: ApiError) -> Self {
+        Self(e.status, e.body.code, e.body.message)
+    }
+}
+
 fn bad_request(message: impl Into<String>) -> DeadError {
     DeadError(StatusCode::BAD_REQUEST, "invalid_request", message.into())
 }
 
-/// Extracting it checks the token, and refuses to serve without one on a
-/// non-loopback address.
+/// Extracting it checks `Host` and the token, and refuses to serve without
+/// a token on a non-loopback address.
 struct Operator;
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        KnownHost::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
         let s = state.settings();
         if s.token.is_none() && !s.listen.ip().is_loopback() {
             let message = "the /dead routes need ingress.token when ingress.listen is not a loopback address";
@@ -88,6 +105,10 @@ async fn with_dead<T: Send + 'static>(settings: Arc<Settings>, op: Op<T>) -> Res
     });
     match task.await {
         Ok(Ok(v)) => Ok(v),
+        // A mistake in the request, not the broker's: say which types there are.
+        Ok(Err(e @ crate::dead::DeadError::UnknownType { .. })) => {
+            Err(DeadError(StatusCode::BAD_REQUEST, "unknown_event_type", e.to_string()))
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "dead-letter request failed");
             Err(DeadError(
@@ -159,8 +180,14 @@ struct ReplayRequest {
     dry_run: bool,
 }
 
-async fn replay(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<Response, DeadError> {
-    let req: ReplayRequest = json_body(&body)?;
+async fn replay(
+    _: Operator,
+    _: SameOrigin,
+    head: JsonHead,
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, DeadError> {
+    let req: ReplayRequest = json_body(&head.body(body)?)?;
     let options = ReplayOptions {
         filter: req.filter,
         max_replays: req.max_replays.unwrap_or(DEFAULT_MAX_REPLAYS),
@@ -196,8 +223,14 @@ struct PurgeRequest {
 /// short at any point (the request timed out, the client went away, warren
 /// was killed) leaves every event parked or in that file. The file is
 /// created before anything is read; the log names it, and so does the answer.
-async fn purge(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<Response, DeadError> {
-    let req: PurgeRequest = json_body(&body)?;
+async fn purge(
+    _: Operator,
+    _: SameOrigin,
+    head: JsonHead,
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, DeadError> {
+    let req: PurgeRequest = json_body(&head.body(body)?)?;
     if !req.confirm {
         return Err(bad_request(
             "a purge removes events: send \"confirm\": true (each removed message is written to a file in dead.export_dir first, and comes back in \"exported\")",

@@ -116,6 +116,43 @@ impl ApiError {
         )
     }
 
+    /// 421: a `Host` that is not a name of this ingress (`ingress.allowed_hosts`),
+    /// as a page on a rebound DNS name sends.
+    pub fn unknown_host(given: &str) -> Self {
+        Self::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "unknown_host",
+            format!(
+                "Host {:?} is not a name of this ingress: if it is one, add it to ingress.allowed_hosts",
+                crate::event::truncate(given, 100)
+            ),
+        )
+    }
+
+    /// 403: an `Origin` other than the ingress's own: a page of another site.
+    pub fn foreign_origin(given: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "foreign_origin",
+            format!(
+                "requests from Origin {:?} are refused: only the ingress's own origin may change parked events",
+                crate::event::truncate(given, 100)
+            ),
+        )
+    }
+
+    /// 501: a transfer coding other than `chunked` (RFC 9112 §6.1); nothing is read.
+    pub fn unsupported_transfer_coding(given: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_coding",
+            format!(
+                "Transfer-Encoding {:?} is not supported: send the body as is, or chunked",
+                crate::event::truncate(given, 100)
+            ),
+        )
+    }
+
     /// 415: the body is not declared as JSON.
     pub fn unsupported_media_type(given: Option<&str>) -> Self {
         let message = match given {
@@ -140,7 +177,7 @@ impl ApiError {
         )
     }
 
-    /// 413: the body is over `ingress.max_body`.
+    /// 413: the body is over its route's limit (docs/HTTP.md, "Limits").
     pub fn body_too_large(limit: usize) -> Self {
         let mut e = Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -3,10 +3,9 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
 use serde::Serialize;
@@ -14,7 +13,9 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::AppState;
+use super::body::JsonHead;
 use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS, decode_body, portable_body, publish_body};
+use super::guard::KnownHost;
 use super::middleware::{Authorized, NotForwarded};
 use crate::event::{DecodeError, RawEnvelope, portable};
 use crate::publisher::PublishError;
@@ -30,11 +31,12 @@ struct Accepted {
 pub(crate) async fn publish_one(
     State(state): State<AppState>,
     _: NotForwarded,
+    _: KnownHost,
     _: Authorized,
-    headers: BodyHeaders,
+    head: JsonHead,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = json_body(&headers, body, state.settings().max_body)?;
+    let body = head.body(body)?;
     let (env, _) = RawEnvelope::parse_known(&body).map_err(|e| rejected(&body, e))?;
     if !state.sink().is_ready() {
         return Err(ApiError::not_ready(state.sink().refusal().as_ref()));
@@ -62,58 +64,6 @@ fn rejected(body: &[u8], err: DecodeError) -> ApiError {
         Err(syntax) => ApiError::malformed(&syntax),
         Ok(_) => ApiError::from_decode(err),
     }
-}
-
-/// The request's `Content-Type` and `Content-Encoding`, if any (without
-/// copying the other headers).
-pub(crate) struct BodyHeaders {
-    content_type: Option<HeaderValue>,
-    content_encoding: Option<HeaderValue>,
-}
-
-impl<S: Sync> FromRequestParts<S> for BodyHeaders {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self {
-            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
-            content_encoding: parts.headers.get(header::CONTENT_ENCODING).cloned(),
-        })
-    }
-}
-
-/// Checks the content type and encoding, then takes the body (the extractor
-/// already applied `ingress.max_body`).
-fn json_body(headers: &BodyHeaders, body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Bytes, ApiError> {
-    let content_type = headers.content_type.as_ref().map(HeaderValue::as_bytes);
-    if !content_type.is_some_and(is_json) {
-        let shown = content_type.map(String::from_utf8_lossy);
-        return Err(ApiError::unsupported_media_type(shown.as_deref()));
-    }
-    // Compressed bytes would fail as "malformed JSON"; say what is wrong.
-    if let Some(encoding) = &headers.content_encoding {
-        let encoding = String::from_utf8_lossy(encoding.as_bytes());
-        if !encoding.trim().eq_ignore_ascii_case("identity") {
-            return Err(ApiError::unsupported_encoding(&encoding));
-        }
-    }
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::body_too_large(max_body)
-        } else {
-            tracing::debug!(error = %rejection, "cannot read request body");
-            ApiError::unreadable_body()
-        }
-    })
-}
-
-/// `application/json` or `application/<something>+json`, any parameters.
-fn is_json(content_type: &[u8]) -> bool {
-    let Ok(ct) = std::str::from_utf8(content_type) else {
-        return false;
-    };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 async fn publish(state: &AppState, env: &RawEnvelope) -> Result<(), PublishError> {
@@ -160,11 +110,12 @@ struct BatchResult {
 pub(crate) async fn publish_batch(
     State(state): State<AppState>,
     _: NotForwarded,
+    _: KnownHost,
     _: Authorized,
-    headers: BodyHeaders,
+    head: JsonHead,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = json_body(&headers, body, state.settings().max_body)?;
+    let body = head.body(body)?;
     let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
         if e.is_data() {
             ApiError::not_an_array()
@@ -175,22 +126,33 @@ pub(crate) async fn publish_batch(
     if items.len() > state.settings().max_batch {
         return Err(ApiError::batch_too_large(items.len(), state.settings().max_batch));
     }
+    let max_body = state.settings().max_body;
     let parsed: Vec<_> = items
         .iter()
-        .map(|raw| RawEnvelope::parse_known(raw.get().as_bytes()).map(|(env, _)| env))
+        .map(|raw| parse_item(raw.get().as_bytes(), max_body))
         .collect();
     if parsed.iter().any(Result::is_ok) && !state.sink().is_ready() {
         return Err(ApiError::not_ready(state.sink().refusal().as_ref()));
     }
     let results = join_all(
-        items
-            .iter()
-            .zip(parsed)
+        parsed
+            .into_iter()
             .enumerate()
-            .map(|(index, (item, p))| item_result(&state, index, item.get().as_bytes(), p)),
+            .map(|(index, p)| item_result(&state, index, p)),
     )
     .await;
     Ok(batch_response(results))
+}
+
+/// One item of a batch as an envelope, or why it is refused: each item
+/// is held to `max_body`, as the body of `POST /events` is.
+fn parse_item(item: &[u8], max_body: usize) -> Result<RawEnvelope, Box<ErrorBody>> {
+    if item.len() > max_body {
+        return Err(ApiError::body_too_large(max_body).body);
+    }
+    RawEnvelope::parse_known(item)
+        .map(|(env, _)| env)
+        .map_err(|e| Box::new(item_error(item, e)))
 }
 
 /// The error of a refused batch item (JSON already: it parsed as a value).
@@ -201,16 +163,10 @@ fn item_error(item: &[u8], err: DecodeError) -> ErrorBody {
     }
 }
 
-/// Publishes one parsed item (when it is valid) and says how it went;
-/// `item` is its JSON text.
-async fn item_result(
-    state: &AppState,
-    index: usize,
-    item: &[u8],
-    parsed: Result<RawEnvelope, DecodeError>,
-) -> ItemResult {
+/// Publishes one parsed item (when it is valid) and says how it went.
+async fn item_result(state: &AppState, index: usize, parsed: Result<RawEnvelope, Box<ErrorBody>>) -> ItemResult {
     let (status, event_id, error) = match parsed {
-        Err(e) => ("rejected", None, Some(item_error(item, e))),
+        Err(e) => ("rejected", None, Some(*e)),
         Ok(env) => match publish(state, &env).await {
             Ok(()) => ("accepted", Some(env.event_id), None),
             Err(e) => {
@@ -268,20 +224,6 @@ fn batch_response(results: Vec<ItemResult>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_content_types() {
-        for ok in [
-            "application/json",
-            "Application/JSON; charset=utf-8",
-            "application/vnd.warren+json",
-        ] {
-            assert!(is_json(ok.as_bytes()), "{ok}");
-        }
-        for bad in ["text/plain", "application/jsonx", "text/json", "", "json"] {
-            assert!(!is_json(bad.as_bytes()), "{bad}");
-        }
-    }
 
     fn item(status: &'static str, code: &'static str) -> ItemResult {
         ItemResult {

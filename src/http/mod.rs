@@ -25,10 +25,12 @@
 //!
 //! Status codes and bodies are documented in `docs/HTTP.md`.
 
+mod body;
 mod connections;
 #[cfg(feature = "dead")]
 mod dead;
 mod error;
+mod guard;
 mod health;
 mod ingress;
 mod middleware;
@@ -67,6 +69,8 @@ struct Shared {
     metrics: Option<PrometheusHandle>,
     requests: Arc<middleware::RequestMetrics>,
     readiness: Readiness,
+    /// The `Host` names of `settings`, checked on `/events` and `/dead`.
+    hosts: guard::Hosts,
     /// Set by `AppState::with_dead_letters`: the settings the `/dead` routes connect with.
     #[cfg_attr(not(feature = "dead"), allow(dead_code))]
     dead: Option<Arc<crate::config::Settings>>,
@@ -74,7 +78,7 @@ struct Shared {
 
 impl AppState {
     /// State for a router that publishes to `sink` under `settings`
-    /// (`max_body`, `max_batch`, `token`, `request_timeout`). Without
+    /// (`max_body`, `max_batch`, `allowed_hosts`, `token`, `request_timeout`). Without
     /// [`AppState::with_metrics`] the router has no `/metrics`.
     #[must_use]
     pub fn new(sink: Arc<dyn EventSink>, settings: &IngressSettings) -> Self {
@@ -85,6 +89,7 @@ impl AppState {
                 metrics: None,
                 requests: Arc::default(),
                 readiness: Readiness::new(),
+                hosts: guard::Hosts::new(settings),
                 dead: None,
             }),
         }
@@ -132,6 +137,10 @@ impl AppState {
         self.inner.dead.clone()
     }
 
+    fn hosts(&self) -> &guard::Hosts {
+        &self.inner.hosts
+    }
+
     fn sink(&self) -> &dyn EventSink {
         &*self.inner.sink
     }
@@ -155,8 +164,11 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let events = Router::new()
         .route("/events", post(ingress::publish_one))
-        .route("/events/batch", post(ingress::publish_batch))
-        .layer(DefaultBodyLimit::max(state.settings().max_body));
+        .layer(DefaultBodyLimit::max(state.settings().max_body))
+        .route(
+            "/events/batch",
+            post(ingress::publish_batch).layer(DefaultBodyLimit::max(body::batch_limit(state.settings()))),
+        );
     let mut app = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
@@ -165,7 +177,7 @@ pub fn router(state: AppState) -> Router {
     }
     #[cfg(feature = "dead")]
     if state.inner.dead.is_some() {
-        app = app.merge(dead::routes());
+        app = app.merge(dead::routes(state.settings().max_body));
     }
     app.merge(events)
         .fallback(|| async { error::ApiError::not_found().into_response() })

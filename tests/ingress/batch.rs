@@ -80,3 +80,43 @@ async fn batch_with_a_broker_failure_is_503_naming_the_failed_item() {
     assert!(a.body["results"][1]["event_id"].is_string());
     assert_eq!(fake.published().len(), 1, "only the confirmed one");
 }
+
+/// `[item, item, …]` with `n` items.
+fn batch_of(n: usize, item: &str) -> String {
+    format!("[{}]", vec![item; n].join(","))
+}
+
+#[tokio::test]
+async fn a_full_batch_of_seed_events_fits_the_default_limits() {
+    let fake = Arc::new(Fake::default());
+    let defaults = warren::Settings::default().ingress;
+    let full = batch_of(defaults.max_batch, SEED_REGISTERED);
+    assert!(full.len() > defaults.max_body, "the batch is over one event's limit");
+    let a = call(app(&fake), post("/events/batch", full)).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    assert_eq!(a.body["accepted"], 500);
+    assert_eq!(fake.published().len(), 500);
+
+    let fake = Arc::new(Fake::default());
+    let over = batch_of(defaults.max_batch + 1, SEED_REGISTERED);
+    let a = call(app(&fake), post("/events/batch", over)).await;
+    assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", &fake);
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("501 events") && message.contains("500"), "{message}");
+}
+
+#[tokio::test]
+async fn each_item_of_a_batch_is_held_to_max_body() {
+    let fake = Arc::new(Fake::default());
+    let big = SEED_LOGIN.replace("\"john_doe\"", &format!("\"{}\"", "j".repeat(600)));
+    let small = |s: &mut IngressSettings| s.max_body = 512;
+    let a = call(
+        app_with(&fake, small),
+        post("/events/batch", format!("[{SEED_LOGIN},{big}]")),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::MULTI_STATUS, "{}", a.body);
+    assert_eq!(a.body["results"][1]["error"]["code"], "body_too_large", "{}", a.body);
+    assert_eq!(a.body["results"][1]["error"]["limit"], 512, "{}", a.body);
+    assert_eq!(fake.published().len(), 1);
+}

@@ -142,7 +142,7 @@ async fn at_the_connection_cap_a_slow_client_makes_room_and_busy_ones_stay() {
     })
     .await;
     let post = format!(
-        "POST /events HTTP/1.1\r\nHost: warren\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{SEED_LOGIN}",
+        "POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{SEED_LOGIN}",
         SEED_LOGIN.len()
     );
     let mut busy = Vec::new();
@@ -296,7 +296,7 @@ async fn shutdown_closes_idle_connections_and_lets_a_request_in_flight_answer() 
     read_healthz(&mut idle).await.unwrap();
     let mut busy = TcpStream::connect(addr).await.unwrap();
     let post = format!(
-        "POST /events HTTP/1.1\r\nHost: warren\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{SEED_LOGIN}",
+        "POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{SEED_LOGIN}",
         SEED_LOGIN.len()
     );
     busy.write_all(post.as_bytes()).await.unwrap();
@@ -322,4 +322,65 @@ async fn shutdown_closes_idle_connections_and_lets_a_request_in_flight_answer() 
         .expect("serve returns once the request is answered")
         .unwrap()
         .unwrap();
+}
+
+/// Sends `head` (and `body`), then reads what the server sends first.
+async fn first_answer(addr: SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_501_and_nothing_is_published() {
+    let fake = Arc::new(Fake::default());
+    let (addr, shutdown) = start(fake.clone(), |_| {}).await;
+    let chunk = format!("{:x}\r\n{SEED_LOGIN}\r\n0\r\n\r\n", SEED_LOGIN.len());
+    let head = format!(
+        "POST /events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
+    );
+    let answer = first_answer(addr, &head, chunk.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 501 "), "{answer}");
+    assert!(answer.contains(r#""code":"unsupported_transfer_coding""#), "{answer}");
+    // Chunked alone is fine.
+    let head = head.replace("gzip, chunked", "chunked");
+    let answer = first_answer(addr, &head, chunk.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 202 "), "{answer}");
+    assert_eq!(fake.published().len(), 1, "only the chunked one");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn expect_continue_over_the_limit_gets_413_without_100_continue() {
+    let fake = Arc::new(Fake::default());
+    let (addr, shutdown) = start(fake.clone(), |_| {}).await;
+    for path in ["/events", "/events/batch"] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: 10000000000\r\nExpect: 100-continue\r\n\r\n"
+        );
+        let answer = first_answer(addr, &head, b"").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413 "),
+            "{path}: the first answer is {answer:?}"
+        );
+        assert!(answer.contains(r#""code":"body_too_large""#), "{answer}");
+    }
+    // Within the limit, the client is told to go on.
+    let head = format!(
+        "POST /events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        SEED_LOGIN.len()
+    );
+    let answer = first_answer(addr, &head, b"").await;
+    assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer:?}");
+    assert!(fake.published().is_empty());
+    shutdown.cancel();
 }

@@ -94,12 +94,18 @@ async fn body_over_max_body_is_413() {
     let a = call(app_with(&fake, small), post("/events", SEED_REGISTERED)).await;
     assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &fake);
     assert_eq!(a.body["error"]["limit"], 128);
+    // A batch may be max_batch events of max_body bytes each.
+    let one_small = |s: &mut IngressSettings| {
+        s.max_body = 128;
+        s.max_batch = 1;
+    };
     let a = call(
-        app_with(&fake, small),
+        app_with(&fake, one_small),
         post("/events/batch", format!("[{SEED_REGISTERED}]")),
     )
     .await;
     assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &fake);
+    assert_eq!(a.body["error"]["limit"], 128);
 }
 
 #[tokio::test]
@@ -154,14 +160,28 @@ async fn unknown_event_type_is_422_listing_the_known_ones() {
 #[tokio::test]
 async fn an_invalid_field_is_422_naming_it() {
     let fake = Arc::new(Fake::default());
-    for (body, field) in [
-        (SEED_REGISTERED.replace("john@example.com", "john"), "data.email"),
-        (SEED_LOGIN.replace("192.168.1.100", "300.1.1.1"), "data.ip_address"),
-        (SEED_REGISTERED.replace("\"source\": \"django-backend\",", ""), "source"),
+    for (body, field, quoted) in [
+        (
+            SEED_REGISTERED.replace("john@example.com", "john"),
+            "data.email",
+            "\"john\"",
+        ),
+        (
+            SEED_LOGIN.replace("192.168.1.100", "300.1.1.1"),
+            "data.ip_address",
+            "\"300.1.1.1\"",
+        ),
+        (
+            SEED_REGISTERED.replace("\"source\": \"django-backend\",", ""),
+            "source",
+            "",
+        ),
     ] {
         let a = call(app(&fake), post("/events", body)).await;
         assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", &fake);
         assert_eq!(a.body["error"]["field"], field, "{}", a.body);
+        let message = a.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(quoted), "the message quotes the value: {message}");
     }
     let a = call(app(&fake), post("/events", "[1, 2]")).await;
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", &fake);
@@ -290,4 +310,47 @@ async fn a_request_warren_forwarded_is_508_and_not_published() {
             "{msg}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_rebound_host_is_421_and_not_published() {
+    let fake = Arc::new(Fake::default());
+    for (path, body) in [
+        ("/events", SEED_LOGIN.to_owned()),
+        ("/events/batch", format!("[{SEED_LOGIN}]")),
+    ] {
+        let mut req = post(path, body.clone());
+        req.headers_mut()
+            .insert(header::HOST, "attacker.example:8597".parse().unwrap());
+        let a = call(app(&fake), req).await;
+        assert_error(&a, StatusCode::MISDIRECTED_REQUEST, "unknown_host", &fake);
+        assert!(
+            a.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("ingress.allowed_hosts"),
+            "{}",
+            a.body
+        );
+        // A configured name is let in; the loopback names are not then.
+        let other = Arc::new(Fake::default());
+        let named = |s: &mut IngressSettings| s.allowed_hosts = vec!["attacker.example".into()];
+        let mut req = post(path, body.clone());
+        req.headers_mut()
+            .insert(header::HOST, "localhost:8597".parse().unwrap());
+        assert_eq!(
+            call(app_with(&other, named), req).await.status,
+            StatusCode::MISDIRECTED_REQUEST
+        );
+        let mut req = post(path, body);
+        req.headers_mut()
+            .insert(header::HOST, "attacker.example:8597".parse().unwrap());
+        assert!(call(app_with(&other, named), req).await.status.is_success());
+    }
+    // Probes answer whatever the name: an orchestrator's probe names the pod's address.
+    let probe = Request::get("/healthz")
+        .header(header::HOST, "10.1.2.3:8597")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(app(&fake), probe).await.status, StatusCode::OK);
 }
