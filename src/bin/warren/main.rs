@@ -144,7 +144,8 @@ struct HandlerArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum HandlerKind {
-    /// One JSON line per event on stdout (event_id, event_type, user_id, attempt, data).
+    /// One JSON line per event on stdout (event_id, event_type, timestamp, source,
+    /// user_id, attempt, data).
     Log,
     /// POST each event to webhook.url + webhook.path (GO_BACKEND_URL), signed
     /// per Standard Webhooks with webhook.secret; 5xx/408/429/timeouts are
