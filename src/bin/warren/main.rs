@@ -10,6 +10,7 @@ mod logging;
 mod probes;
 mod relay;
 mod show_config;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

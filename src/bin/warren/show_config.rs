@@ -53,7 +53,7 @@ pub fn render(settings: &Settings, origins: &Origins, json: bool) -> anyhow::Res
         delays.join(", ")
     );
     for q in queues {
-        let _ = writeln!(out, "#   {q}");
+        let _ = writeln!(out, "#   {}", crate::terminal::text(&q));
     }
     Ok(out)
 }
