@@ -433,19 +433,32 @@ async fn publish(
     // The ingress's rules: a lone surrogate would otherwise fail as an
     // obscure JSON error, deep nesting not at all.
     warren::event::portable::check_data(data.as_bytes()).context("invalid --data")?;
-    let data: serde_json::Value = serde_json::from_str(data).context("--data is not valid JSON")?;
-    let user_id = match user_id.or_else(|| data.get("user_id").and_then(serde_json::Value::as_i64)) {
+    // Published as given, as the ingress does: through a `Value` its keys
+    // would come out sorted.
+    let raw: Box<serde_json::value::RawValue> = serde_json::from_str(data).context("--data is not valid JSON")?;
+    let user_id = match user_id.or_else(|| data_user_id(&raw)) {
         Some(id) => id,
         None => bail!("invalid field `data.user_id`: is required (or pass --user-id)"),
     };
-    let envelope = RawEnvelope::new_raw(
+    let mut envelope = RawEnvelope::new_raw(
         event_type,
         source.unwrap_or_else(|| settings.publisher.source.clone()),
         user_id,
-        &data,
+        &serde_json::Value::Null,
     );
+    envelope.data = raw;
     envelope.check_known()?;
     let publisher = Publisher::connect(settings, "publish").await?;
     publisher.publish_raw(&envelope).await?;
     Ok(envelope.event_id)
+}
+
+/// `data.user_id`, when `data` is an object with an integer there.
+fn data_user_id(data: &serde_json::value::RawValue) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct UserId {
+        user_id: Option<serde_json::Value>,
+    }
+    let found: UserId = serde_json::from_str(data.get()).ok()?;
+    found.user_id?.as_i64()
 }
