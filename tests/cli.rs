@@ -367,3 +367,53 @@ async fn a_refused_login_or_a_missing_vhost_stops_each_service_at_start() {
         }
     }
 }
+
+/// Whether `queue` exists on the broker (a passive declare, on a channel of its own).
+async fn queue_exists(conn: &lapin::Connection, queue: &str) -> bool {
+    let ch = conn.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), passive, Default::default())
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn run_with_a_listen_port_taken_stops_before_it_declares_or_consumes_anything() {
+    let conn = support::connect().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    for (setting, variable) in [
+        ("ingress.listen", "WARREN_INGRESS__LISTEN"),
+        ("metrics.listen", "WARREN_METRICS__LISTEN"),
+    ] {
+        let s = support::settings("cli-port", false);
+        let env = [
+            ("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str()),
+            ("WARREN_CONSUMER__SERVICE", s.consumer.service.as_str()),
+            ("WARREN_TOPOLOGY__QUEUE_TYPE", "classic"),
+            (variable, taken_addr.as_str()),
+        ];
+        let out = exit_within(
+            &["run"],
+            &[&env[..], &[("WARREN_AMQP__URL", support::amqp_url().as_str())]].concat(),
+            std::time::Duration::from_secs(20),
+        );
+        let topology = warren::Topology::from_settings(&s);
+        let declared = queue_exists(&conn, &topology.work_queue("user.registered")).await;
+        support::cleanup(&conn, &topology).await;
+        let out = out.unwrap_or_else(|| panic!("warren run with {setting} taken kept running"));
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{setting}: {err}");
+        assert!(
+            err.contains(&format!("cannot listen on {taken_addr} ({setting})")),
+            "{setting}: {err}"
+        );
+        assert!(
+            !declared,
+            "{setting} taken: warren run declared (and consumed) before failing: {err}"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 mod bench;
 mod contract;
 mod dead;
+mod listeners;
 mod logging;
 mod probes;
 mod relay;
@@ -17,6 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use listeners::Listeners;
 use show_config::Origins;
 use tokio_util::sync::CancellationToken;
 use warren::config::{Loaded, Sources};
@@ -245,8 +247,9 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
             probes::consume(&settings, consumer, shutdown).await?;
         }
         Command::Ingress => {
+            let listeners = Listeners::bind(&settings).await?;
             let shutdown = shutdown_on_signal();
-            ingress(&settings, shutdown, Readiness::new()).await?;
+            ingress(&settings, listeners, shutdown, Readiness::new()).await?;
         }
         Command::Relay(args) => relay::run(&settings, args, shutdown_on_signal()).await?,
         Command::Run { handler, relay } => run_all(settings, handler.handler, relay).await?,
@@ -262,7 +265,10 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
 
 /// `warren run`: the consumer service and the ingress in one process (and
 /// the outbox relay with `--relay`); whichever ends first stops the others.
+/// The listeners are bound first: a taken port stops it before anything
+/// has consumed, relayed or declared.
 async fn run_all(settings: Settings, handler: HandlerKind, relay: bool) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&settings).await?;
     let shutdown = shutdown_on_signal();
     warren::metrics::install()?;
     // /readyz of the ingress also reports the consumer (and the relay's database).
@@ -282,7 +288,7 @@ async fn run_all(settings: Settings, handler: HandlerKind, relay: bool) -> anyho
         stop.cancel();
         result
     });
-    let serving = ingress(&settings, shutdown.clone(), readiness).await;
+    let serving = ingress(&settings, listeners, shutdown.clone(), readiness).await;
     shutdown.cancel();
     let consumed = consuming.await.context("consumer task")?;
     if let Some(task) = relaying {
@@ -315,21 +321,24 @@ async fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consu
 /// in the background so /healthz answers and /readyz says 503 while the
 /// broker is down. Ends with an error (cancelling `shutdown`) when the
 /// broker refuses the publisher's login or vhost at start.
-async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Readiness) -> anyhow::Result<()> {
+async fn ingress(
+    settings: &Settings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    readiness: Readiness,
+) -> anyhow::Result<()> {
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
     let refused = publisher.clone();
     let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &fit_to_descriptors(&settings.ingress))
         .with_readiness(readiness)
         .with_dead_letters(settings);
-    let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;
     // The bound address, not the setting: with port 0 the log says which port.
-    let listen = listener.local_addr().unwrap_or(settings.ingress.listen);
-    tracing::info!(listen = %listen, "ingress listening");
+    if let Ok(listen) = listeners.ingress.local_addr() {
+        tracing::info!(listen = %listen, "ingress listening");
+    }
     tokio::select! {
-        served = serve(settings, listener, state, handle, shutdown.clone()) => served,
+        served = serve(listeners, state, handle, shutdown.clone()) => served,
         error = refused.failed() => {
             shutdown.cancel();
             Err(error.into())
@@ -339,19 +348,18 @@ async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Re
 
 /// Serves the ingress, and `/metrics` on `metrics.listen` when it is set.
 async fn serve(
-    settings: &Settings,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     state: warren::http::AppState,
     handle: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    match settings.metrics.listen {
+    let listener = listeners.ingress;
+    match listeners.metrics {
         None => warren::http::serve(listener, state.with_metrics(handle), shutdown).await?,
-        Some(addr) => {
-            let metrics_listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
-            tracing::info!(listen = %addr, "metrics listening");
+        Some(metrics_listener) => {
+            if let Ok(addr) = metrics_listener.local_addr() {
+                tracing::info!(listen = %addr, "metrics listening");
+            }
             let metrics =
                 warren::http::serve_metrics(metrics_listener, state.clone().with_metrics(handle), shutdown.clone());
             let (a, b) = tokio::join!(warren::http::serve(listener, state, shutdown), metrics);
