@@ -417,3 +417,113 @@ async fn run_with_a_listen_port_taken_stops_before_it_declares_or_consumes_anyth
         );
     }
 }
+
+/// Whether `exchange` exists on the broker (a passive declare, on a channel of its own).
+async fn exchange_exists(conn: &lapin::Connection, exchange: &str) -> bool {
+    let ch = conn.create_channel().await.unwrap();
+    let passive = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, passive, Default::default())
+        .await
+        .is_ok()
+}
+
+/// Whether every queue of `topology` exists (`true`) or none does (`false`).
+async fn all_queues_exist(conn: &lapin::Connection, topology: &warren::Topology) -> bool {
+    let mut found = Vec::new();
+    for q in topology.queues() {
+        found.push(queue_exists(conn, &q.name).await);
+    }
+    assert!(
+        found.iter().all(|f| *f) || found.iter().all(|f| !*f),
+        "some queues of {} deleted, not all: {found:?}",
+        topology.service
+    );
+    found[0]
+}
+
+#[tokio::test]
+async fn topology_delete_asks_refuses_queues_with_messages_and_keeps_a_shared_exchange() {
+    let conn = support::connect().await;
+    let s = support::settings("cli-del", false);
+    let mut other = support::settings("cli-del-other", false);
+    other.topology.exchange = s.topology.exchange.clone();
+    let topology = support::declare(&conn, &s).await;
+    let other_topology = support::declare(&conn, &other).await;
+    let dead = topology.dead_queue("user.registered");
+    support::publish_raw(&conn, "", &dead, b"{}").await;
+    let env = [
+        ("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str()),
+        ("WARREN_CONSUMER__SERVICE", s.consumer.service.as_str()),
+    ];
+    let delete = |args: &[&str]| warren(&[&["topology", "delete"], args].concat(), &env);
+
+    let full = delete(&["--yes"]);
+    let not_asked = delete(&["--force"]); // stdin is not a terminal, and no --yes
+    let kept_all = all_queues_exist(&conn, &topology).await;
+    support::drain(&conn.create_channel().await.unwrap(), &dead).await;
+    let emptied = delete(&["--yes", "--exchange"]);
+    let deleted_all = !all_queues_exist(&conn, &topology).await;
+    let exchange_kept = exchange_exists(&conn, &s.topology.exchange).await;
+    let other_kept = all_queues_exist(&conn, &other_topology).await;
+    support::cleanup(&conn, &topology).await;
+    support::cleanup(&conn, &other_topology).await;
+
+    assert!(!full.status.success(), "deleted queues holding messages");
+    assert!(
+        text(&full.stderr).contains(&format!("{dead} (1 message)")) && text(&full.stderr).contains("--force"),
+        "{}",
+        text(&full.stderr)
+    );
+    assert!(!not_asked.status.success());
+    assert!(text(&not_asked.stderr).contains("--yes"), "{}", text(&not_asked.stderr));
+    assert!(kept_all, "a refused delete deleted nothing");
+    assert!(deleted_all, "{}", text(&emptied.stderr));
+    assert_eq!(
+        text(&emptied.stdout).lines().count(),
+        topology.queues().len(),
+        "one line per deleted queue: {}",
+        text(&emptied.stdout)
+    );
+    assert!(
+        !emptied.status.success() && text(&emptied.stderr).contains("other queues are bound"),
+        "the exchange another service uses is kept, and said so: {}",
+        text(&emptied.stderr)
+    );
+    assert!(exchange_kept && other_kept, "another service's objects untouched");
+}
+
+#[tokio::test]
+async fn topology_delete_with_force_deletes_queues_with_their_messages_and_the_exchange() {
+    let conn = support::connect().await;
+    let s = support::settings("cli-del-force", false);
+    let topology = support::declare(&conn, &s).await;
+    support::publish_raw(&conn, "", &topology.dead_queue("user.login"), b"{}").await;
+    let env = [
+        ("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str()),
+        ("WARREN_CONSUMER__SERVICE", s.consumer.service.as_str()),
+    ];
+    let out = warren(&["topology", "delete", "--yes", "--force", "--exchange"], &env);
+    let deleted_all = !all_queues_exist(&conn, &topology).await;
+    let exchange_gone = !exchange_exists(&conn, &s.topology.exchange).await;
+    support::cleanup(&conn, &topology).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(deleted_all && exchange_gone, "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "deleted queue {} (1 messages)",
+            topology.dead_queue("user.login")
+        )),
+        "{stdout}"
+    );
+    let again = warren(&["topology", "delete", "--yes"], &env);
+    assert!(again.status.success(), "nothing left is not an error");
+    assert!(
+        text(&again.stderr).contains("nothing to delete"),
+        "{}",
+        text(&again.stderr)
+    );
+}

@@ -12,6 +12,7 @@ mod probes;
 mod relay;
 mod show_config;
 mod terminal;
+mod topology_delete;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,7 +78,7 @@ enum Command {
         #[arg(long)]
         source: Option<String>,
     },
-    /// Declare or export the exchange, queues and bindings.
+    /// Declare, export or delete the exchange, queues and bindings.
     #[command(subcommand)]
     Topology(TopologyCommand),
     /// Print the effective settings, with passwords and tokens redacted: as
@@ -164,6 +165,10 @@ enum TopologyCommand {
     /// Print RabbitMQ definitions JSON (for `rabbitmqctl import_definitions`
     /// or `load_definitions`).
     Export,
+    /// Delete the service's queues: retry tiers, work queues, `.dead` queues
+    /// (and the exchange with --exchange). Asks first unless --yes; refuses
+    /// queues holding messages unless --force.
+    Delete(topology_delete::DeleteArgs),
 }
 
 fn main() -> ExitCode {
@@ -230,7 +235,7 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
             let conn = warren::amqp::connect(&warren::amqp::ConnectOptions::new(&settings.amqp, "topology")).await?;
             let channel = conn.create_channel().await.context("opening a channel")?;
             topology.declare(&channel).await?;
-            let _ = conn.close(200, "done".into()).await;
+            close(&conn).await;
             eprintln!(
                 "declared exchange {:?}, {} queues and {} bindings",
                 topology.exchange,
@@ -238,6 +243,7 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
                 topology.bindings().len()
             );
         }
+        Command::Topology(TopologyCommand::Delete(args)) => topology_delete::run(&settings, &args).await?,
         Command::Config { json } => print!("{}", show_config::render(&settings, &origins, json)?),
         Command::Schema { event_type } => print!("{}", contract::schema(event_type.as_deref())?),
         Command::Asyncapi { json } => print!("{}", contract::asyncapi(&settings, json)?),
@@ -261,6 +267,13 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
         Command::Dead(args) => dead::run(settings, args, shutdown_on_signal).await?,
     }
     Ok(())
+}
+
+/// Closes a connection of a one-shot command, waiting at most a few
+/// seconds for the broker's answer: the command's work is done either way.
+async fn close(conn: &lapin::Connection) {
+    let closing = conn.close(200, "done".into());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closing).await;
 }
 
 /// `warren run`: the consumer service and the ingress in one process (and
