@@ -527,3 +527,49 @@ async fn topology_delete_with_force_deletes_queues_with_their_messages_and_the_e
         text(&again.stderr)
     );
 }
+
+/// Runs `warren topology delete` on a terminal (util-linux's `script` gives
+/// it one) and types `answer` there.
+fn delete_on_a_terminal(env: &[(&str, &str)], answer: &str) -> Output {
+    use std::io::Write;
+    let line = format!("{} topology delete", env!("CARGO_BIN_EXE_warren"));
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(temp_dir())
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url())
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn topology_delete_on_a_terminal_deletes_only_after_a_typed_yes() {
+    let conn = support::connect().await;
+    let s = support::settings("cli-del-ask", false);
+    let topology = support::declare(&conn, &s).await;
+    let env = [
+        ("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str()),
+        ("WARREN_CONSUMER__SERVICE", s.consumer.service.as_str()),
+    ];
+    let no = delete_on_a_terminal(&env, "no\n");
+    let kept = all_queues_exist(&conn, &topology).await;
+    let yes = delete_on_a_terminal(&env, "yes\n");
+    let deleted = !all_queues_exist(&conn, &topology).await;
+    support::cleanup(&conn, &topology).await;
+    let asked = text(&no.stdout);
+    assert!(!no.status.success(), "{asked}");
+    assert!(
+        asked.contains("Type yes to continue") && asked.contains(&topology.dead_queue("user.login")),
+        "lists the queues and asks: {asked}"
+    );
+    assert!(asked.contains("nothing deleted"), "{asked}");
+    assert!(kept, "a no deletes nothing");
+    assert!(yes.status.success(), "{}", text(&yes.stdout));
+    assert!(deleted, "a yes deletes: {}", text(&yes.stdout));
+}
