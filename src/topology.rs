@@ -26,6 +26,9 @@ use serde_json::json;
 use crate::config::{QueueType, Settings, names};
 use crate::refusal::{NOT_FOUND, Permission, Refusal, reply};
 
+mod delete;
+pub use delete::{DeleteError, DeleteOptions, Deleted, QueueState};
+
 /// `x-delivery-limit` of quorum `.dead` queues: in effect none. A `.dead`
 /// queue has nowhere to dead-letter to, so a message past its limit would
 /// be dropped, and browsing it in the console (get, requeue) counts as a

@@ -484,3 +484,209 @@ fn config_says_no_retries_resolves_host_names_and_names_the_celery_broker() {
     );
     assert!(!stderr.contains("Qz9pw") && !stdout.contains("Qz9pw"), "{stderr}");
 }
+
+/// Whether `queue` exists on the broker (a passive declare, on a channel of its own).
+async fn queue_exists(conn: &lapin::Connection, queue: &str) -> bool {
+    let ch = conn.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), passive, Default::default())
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn run_with_a_listen_port_taken_stops_before_it_declares_or_consumes_anything() {
+    let conn = support::connect().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    for (setting, variable) in [
+        ("ingress.listen", "WARREN_INGRESS__LISTEN"),
+        ("metrics.listen", "WARREN_METRICS__LISTEN"),
+    ] {
+        let s = support::settings("cli-port", false);
+        let env = [
+            ("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str()),
+            ("WARREN_CONSUMER__SERVICE", s.consumer.service.as_str()),
+            ("WARREN_TOPOLOGY__QUEUE_TYPE", "classic"),
+            (variable, taken_addr.as_str()),
+        ];
+        let out = exit_within(
+            &["run"],
+            &[&env[..], &[("WARREN_AMQP__URL", support::amqp_url().as_str())]].concat(),
+            std::time::Duration::from_secs(20),
+        );
+        let topology = warren::Topology::from_settings(&s);
+        let declared = queue_exists(&conn, &topology.work_queue("user.registered")).await;
+        support::cleanup(&conn, &topology).await;
+        let out = out.unwrap_or_else(|| panic!("warren run with {setting} taken kept running"));
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{setting}: {err}");
+        assert!(
+            err.contains(&format!("cannot listen on {taken_addr} ({setting})")),
+            "{setting}: {err}"
+        );
+        assert!(
+            !declared,
+            "{setting} taken: warren run declared (and consumed) before failing: {err}"
+        );
+    }
+}
+
+/// Whether `exchange` exists on the broker (a passive declare, on a channel of its own).
+async fn exchange_exists(conn: &lapin::Connection, exchange: &str) -> bool {
+    let ch = conn.create_channel().await.unwrap();
+    let passive = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, passive, Default::default())
+        .await
+        .is_ok()
+}
+
+/// Whether every queue of `topology` exists (`true`) or none does (`false`).
+async fn all_queues_exist(conn: &lapin::Connection, topology: &warren::Topology) -> bool {
+    let mut found = Vec::new();
+    for q in topology.queues() {
+        found.push(queue_exists(conn, &q.name).await);
+    }
+    assert!(
+        found.iter().all(|f| *f) || found.iter().all(|f| !*f),
+        "some queues of {} deleted, not all: {found:?}",
+        topology.service
+    );
+    found[0]
+}
+
+#[tokio::test]
+async fn topology_delete_asks_refuses_queues_with_messages_and_keeps_a_shared_exchange() {
+    let conn = support::connect().await;
+    let s = support::settings("cli-del", false);
+    let mut other = support::settings("cli-del-other", false);
+    other.topology.exchange = s.topology.exchange.clone();
+    let topology = support::declare(&conn, &s).await;
+    let other_topology = support::declare(&conn, &other).await;
+    let dead = topology.dead_queue("user.registered");
+    support::publish_raw(&conn, "", &dead, b"{}").await;
+    let env = [
+        ("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str()),
+        ("WARREN_CONSUMER__SERVICE", s.consumer.service.as_str()),
+    ];
+    let delete = |args: &[&str]| warren(&[&["topology", "delete"], args].concat(), &env);
+
+    let full = delete(&["--yes"]);
+    let not_asked = delete(&["--force"]); // stdin is not a terminal, and no --yes
+    let kept_all = all_queues_exist(&conn, &topology).await;
+    support::drain(&conn.create_channel().await.unwrap(), &dead).await;
+    let emptied = delete(&["--yes", "--exchange"]);
+    let deleted_all = !all_queues_exist(&conn, &topology).await;
+    let exchange_kept = exchange_exists(&conn, &s.topology.exchange).await;
+    let other_kept = all_queues_exist(&conn, &other_topology).await;
+    support::cleanup(&conn, &topology).await;
+    support::cleanup(&conn, &other_topology).await;
+
+    assert!(!full.status.success(), "deleted queues holding messages");
+    assert!(
+        text(&full.stderr).contains(&format!("{dead} (1 message)")) && text(&full.stderr).contains("--force"),
+        "{}",
+        text(&full.stderr)
+    );
+    assert!(!not_asked.status.success());
+    assert!(text(&not_asked.stderr).contains("--yes"), "{}", text(&not_asked.stderr));
+    assert!(kept_all, "a refused delete deleted nothing");
+    assert!(deleted_all, "{}", text(&emptied.stderr));
+    assert_eq!(
+        text(&emptied.stdout).lines().count(),
+        topology.queues().len(),
+        "one line per deleted queue: {}",
+        text(&emptied.stdout)
+    );
+    assert!(
+        !emptied.status.success() && text(&emptied.stderr).contains("other queues are bound"),
+        "the exchange another service uses is kept, and said so: {}",
+        text(&emptied.stderr)
+    );
+    assert!(exchange_kept && other_kept, "another service's objects untouched");
+}
+
+#[tokio::test]
+async fn topology_delete_with_force_deletes_queues_with_their_messages_and_the_exchange() {
+    let conn = support::connect().await;
+    let s = support::settings("cli-del-force", false);
+    let topology = support::declare(&conn, &s).await;
+    support::publish_raw(&conn, "", &topology.dead_queue("user.login"), b"{}").await;
+    let env = [
+        ("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str()),
+        ("WARREN_CONSUMER__SERVICE", s.consumer.service.as_str()),
+    ];
+    let out = warren(&["topology", "delete", "--yes", "--force", "--exchange"], &env);
+    let deleted_all = !all_queues_exist(&conn, &topology).await;
+    let exchange_gone = !exchange_exists(&conn, &s.topology.exchange).await;
+    support::cleanup(&conn, &topology).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(deleted_all && exchange_gone, "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "deleted queue {} (1 messages)",
+            topology.dead_queue("user.login")
+        )),
+        "{stdout}"
+    );
+    let again = warren(&["topology", "delete", "--yes"], &env);
+    assert!(again.status.success(), "nothing left is not an error");
+    assert!(
+        text(&again.stderr).contains("nothing to delete"),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
+/// Runs `warren topology delete` on a terminal (util-linux's `script` gives
+/// it one) and types `answer` there.
+fn delete_on_a_terminal(env: &[(&str, &str)], answer: &str) -> Output {
+    use std::io::Write;
+    let line = format!("{} topology delete", env!("CARGO_BIN_EXE_warren"));
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(temp_dir())
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url())
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn topology_delete_on_a_terminal_deletes_only_after_a_typed_yes() {
+    let conn = support::connect().await;
+    let s = support::settings("cli-del-ask", false);
+    let topology = support::declare(&conn, &s).await;
+    let env = [
+        ("WARREN_TOPOLOGY__EXCHANGE", s.topology.exchange.as_str()),
+        ("WARREN_CONSUMER__SERVICE", s.consumer.service.as_str()),
+    ];
+    let no = delete_on_a_terminal(&env, "no\n");
+    let kept = all_queues_exist(&conn, &topology).await;
+    let yes = delete_on_a_terminal(&env, "yes\n");
+    let deleted = !all_queues_exist(&conn, &topology).await;
+    support::cleanup(&conn, &topology).await;
+    let asked = text(&no.stdout);
+    assert!(!no.status.success(), "{asked}");
+    assert!(
+        asked.contains("Type yes to continue") && asked.contains(&topology.dead_queue("user.login")),
+        "lists the queues and asks: {asked}"
+    );
+    assert!(asked.contains("nothing deleted"), "{asked}");
+    assert!(kept, "a no deletes nothing");
+    assert!(yes.status.success(), "{}", text(&yes.stdout));
+    assert!(deleted, "a yes deletes: {}", text(&yes.stdout));
+}

@@ -126,7 +126,15 @@ async fn consume_prints_one_json_line_per_event_published_with_the_cli() {
         let v = lines
             .recv_timeout(Duration::from_secs(15))
             .expect("a JSON line per event");
-        for key in ["event_id", "event_type", "user_id", "attempt", "data"] {
+        for key in [
+            "event_id",
+            "event_type",
+            "timestamp",
+            "source",
+            "user_id",
+            "attempt",
+            "data",
+        ] {
             assert!(v.get(key).is_some(), "line lacks {key}: {v}");
         }
         printed.insert(v["event_id"].as_str().unwrap().to_owned());

@@ -398,3 +398,51 @@ async fn a_mistyped_type_filter_is_an_error_naming_the_types() {
     assert_eq!(support::ready(&ch, &topology.dead_queue("user.registered")).await, 1);
     support::cleanup(&conn, &topology).await;
 }
+
+#[tokio::test]
+async fn list_and_stats_print_what_a_producer_wrote_escaped_on_one_line() {
+    let conn = support::connect().await;
+    let s = support::settings("dead-escape", false);
+    let topology = support::declare(&conn, &s).await;
+    let dead = topology.dead_queue("user.registered");
+    let forged = "a\x1b[2J\nforged";
+    let mut h = FieldTable::default();
+    h.insert(headers::REASON.into(), AMQPValue::LongString("exhausted".into()));
+    h.insert(
+        headers::ERROR.into(),
+        AMQPValue::LongString("HTTP 500\u{9b}31m \u{202e}evil".into()),
+    );
+    let props = BasicProperties::default()
+        .with_message_id(forged.into())
+        .with_type("user.registered\r\x07".into())
+        .with_headers(h);
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let body = serde_json::to_vec(&support::registered(1)).unwrap();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            dead.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        )
+        .await
+        .unwrap();
+    assert!(confirm.await.unwrap().is_ack());
+
+    let unsafe_char = |c: char| (c.is_control() && c != '\n') || c == '\u{202e}';
+    let table = String::from_utf8(run(&s, &["list"]).stdout).unwrap();
+    assert!(!table.chars().any(unsafe_char), "{table:?}");
+    assert_eq!(table.lines().count(), 2, "a header and one row: {table:?}");
+    assert!(table.contains(r"a\u{1b}[2J\nforged"), "{table:?}");
+    assert!(table.contains(r"HTTP 500\u{9b}31m \u{202e}evil"), "{table:?}");
+    let stats = String::from_utf8(run(&s, &["stats"]).stdout).unwrap();
+    assert!(!stats.chars().any(unsafe_char), "{stats:?}");
+    assert_eq!(stats.lines().count(), 2, "a header and one group: {stats:?}");
+    // JSON stays the same JSON: the value read back is what the producer sent.
+    let listed = run(&s, &["list", "--json"]);
+    assert!(!String::from_utf8_lossy(&listed.stdout).chars().any(unsafe_char));
+    assert_eq!(json_lines(&listed)[0]["event_id"], forged);
+    support::cleanup(&conn, &topology).await;
+}

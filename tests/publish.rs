@@ -157,3 +157,33 @@ async fn unreachable_broker_is_a_setup_error_without_the_password() {
     assert!(err.contains("cannot connect"), "{err}");
     assert!(!err.contains("sup3rsecret"), "password leaked: {err}");
 }
+
+#[tokio::test]
+async fn the_cli_publishes_data_with_its_keys_in_the_order_given() {
+    let conn = support::connect().await;
+    let s = support::settings("cli-order", false);
+    let topology = support::declare(&conn, &s).await;
+    // Not alphabetical, and an extra key last: all kept where they were.
+    let data = r#"{"username":"ann","user_id":7,"registration_timestamp":"2025-01-20T10:30:00Z","email":"ann@example.com","zeta":{"b":1,"a":2}}"#;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["publish", "user.registered", "--data", data])
+        .current_dir(std::env::temp_dir())
+        .env_remove("AMQP_URL")
+        .env("WARREN_AMQP__URL", support::amqp_url())
+        .env("WARREN_TOPOLOGY__EXCHANGE", &s.topology.exchange)
+        .output()
+        .expect("run warren publish");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let ch = conn.create_channel().await.unwrap();
+    let got = support::drain(&ch, &topology.work_queue("user.registered")).await;
+    support::cleanup(&conn, &topology).await;
+    assert_eq!(got.len(), 1);
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        data: &'a serde_json::value::RawValue,
+    }
+    let body: Body = serde_json::from_slice(&got[0].data).unwrap();
+    assert_eq!(body.data.get(), data);
+}

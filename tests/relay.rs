@@ -378,3 +378,38 @@ async fn outbox_eventually(scratch: &Scratch, status: &str, n: i64) {
         scratch.count(status).await
     );
 }
+
+#[tokio::test]
+async fn every_relay_command_says_how_to_create_a_missing_table() {
+    // The database is there: what is missing is only the table.
+    drop(outbox::connect("warren-tests-missing").await);
+    let suffix = &uuid::Uuid::now_v7().simple().to_string()[20..];
+    let tables = [
+        format!("t_missing_{suffix}"),
+        format!("t_no_schema_{suffix}.warren_outbox"),
+    ];
+    let url = outbox::database_url();
+    for table in &tables {
+        for args in [
+            &["relay", "stats"][..],
+            &["relay", "failed"],
+            &["relay", "retry", "--all"],
+        ] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+                .args(args)
+                .env("DATABASE_URL", &url)
+                .env("WARREN_RELAY__TABLE", table)
+                .env_remove("WARREN_RELAY__DATABASE_URL")
+                .current_dir(std::env::temp_dir())
+                .output()
+                .expect("warren runs");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "warren {args:?} with {table}: {err}");
+            assert!(
+                err.contains(&format!("the outbox table {table} does not exist"))
+                    && err.contains("warren relay schema --apply"),
+                "warren {args:?} with {table}: {err}"
+            );
+        }
+    }
+}

@@ -90,22 +90,39 @@ impl<E: Event, H: AnyEventHandler> Handler<E> for ForAll<H> {
 }
 
 /// Writes each event as one JSON line on stdout (`event_id`, `event_type`,
-/// `user_id`, `attempt`, `data`): `warren consume --handler log`.
+/// `timestamp`, `source`, `user_id`, `attempt`, `data`): `warren consume
+/// --handler log`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogHandler;
+
+/// The fields of a [`LogHandler`] line, in this order: the envelope as it
+/// travels (its timestamp written as published), plus the attempt.
+#[derive(serde::Serialize)]
+struct Line<'a, E> {
+    event_id: uuid::Uuid,
+    event_type: &'a str,
+    #[serde(serialize_with = "crate::event::timestamp::serialize")]
+    timestamp: chrono::DateTime<chrono::Utc>,
+    source: &'a str,
+    user_id: i64,
+    attempt: u32,
+    data: &'a E,
+}
 
 impl LogHandler {
     /// The JSON line for an event.
     #[must_use]
     pub fn line<E: Event>(event: &Envelope<E>, ctx: &Context) -> String {
-        serde_json::json!({
-            "event_id": event.event_id,
-            "event_type": event.event_type,
-            "user_id": event.user_id,
-            "attempt": ctx.attempt,
-            "data": event.data,
-        })
-        .to_string()
+        let line = Line {
+            event_id: event.event_id,
+            event_type: &event.event_type,
+            timestamp: event.timestamp,
+            source: &event.source,
+            user_id: event.user_id,
+            attempt: ctx.attempt,
+            data: &event.data,
+        };
+        serde_json::to_string(&line).expect("an event serializes")
     }
 }
 
@@ -118,5 +135,33 @@ impl AnyEventHandler for LogHandler {
             .lock()
             .write_all(line.as_bytes())
             .map_err(HandlerError::transient)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::UserRegistered;
+
+    #[test]
+    fn the_log_line_carries_the_whole_envelope_and_the_attempt() {
+        let body = br#"{"event_id":"01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a","event_type":"user.registered",
+            "timestamp":"2025-01-20T10:30:00Z","source":"django-backend","user_id":123,
+            "data":{"user_id":123,"username":"john_doe","email":"john@example.com",
+            "registration_timestamp":"2025-01-20T10:30:00Z"}}"#;
+        let event: Envelope<UserRegistered> = serde_json::from_slice(body).unwrap();
+        let ctx = Context {
+            attempt: 2,
+            queue: "s.user.registered".into(),
+            redelivered: false,
+        };
+        let line: serde_json::Value = serde_json::from_str(&LogHandler::line(&event, &ctx)).unwrap();
+        assert_eq!(line["event_id"], "01938f5e-7c7a-7b3e-9a51-6f0e2c1d4b7a");
+        assert_eq!(line["event_type"], "user.registered");
+        assert_eq!(line["timestamp"], "2025-01-20T10:30:00Z");
+        assert_eq!(line["source"], "django-backend");
+        assert_eq!(line["user_id"], 123);
+        assert_eq!(line["attempt"], 2);
+        assert_eq!(line["data"]["username"], "john_doe");
     }
 }

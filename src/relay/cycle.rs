@@ -69,6 +69,8 @@ pub(super) struct Tally {
     pub(super) claimed: usize,
     pub(super) published: usize,
     pub(super) failed: usize,
+    /// The first row marked failed this cycle, and why: what the log names.
+    pub(super) first_failed: Option<(i64, String)>,
     /// Not confirmed this time (or held behind one that was not).
     pub(super) retried: usize,
     /// The first publish error of the cycle, for the log.
@@ -134,6 +136,11 @@ pub(super) async fn run(
     }
     tally.published = marks.published.len();
     tally.failed = marks.failed_ids.len();
+    tally.first_failed = marks
+        .failed_ids
+        .first()
+        .copied()
+        .zip(marks.failed_errors.first().cloned());
     tally.retried += marks.retry_ids.len();
     marks.write(&tx, sql).await?;
     tx.commit().await?;

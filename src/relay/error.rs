@@ -9,10 +9,23 @@ pub enum RelayError {
     /// The database refused a statement or the connection failed.
     #[error("database: {0}")]
     Database(String),
+    /// The outbox table (or its schema) does not exist; the message says
+    /// how to create it.
+    #[error("{0}")]
+    MissingTable(String),
 }
 
 impl From<tokio_postgres::Error> for RelayError {
     fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        let missing = e
+            .code()
+            .is_some_and(|c| *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME);
+        if missing {
+            // Told apart by its code, not its text (the server's language
+            // may not be English); `Relay` adds how to create the table.
+            return RelayError::MissingTable(format!("database: {}", describe(&e)));
+        }
         RelayError::Database(describe(&e))
     }
 }

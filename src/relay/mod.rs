@@ -157,18 +157,24 @@ impl Relay {
     ///
     /// # Errors
     ///
-    /// [`RelayError::Database`].
+    /// [`RelayError::Database`], or [`RelayError::MissingTable`] saying how
+    /// to create it.
     pub async fn stats(&self) -> Result<OutboxStats, RelayError> {
-        admin::stats(&self.inner.pool, &self.inner.table).await
+        admin::stats(&self.inner.pool, &self.inner.table)
+            .await
+            .map_err(|e| self.explain(e))
     }
 
     /// The first `limit` rows marked failed, oldest first.
     ///
     /// # Errors
     ///
-    /// [`RelayError::Database`].
+    /// [`RelayError::Database`], or [`RelayError::MissingTable`] saying how
+    /// to create it.
     pub async fn failed(&self, limit: i64) -> Result<Vec<FailedRow>, RelayError> {
-        admin::failed(&self.inner.pool, &self.inner.table, limit).await
+        admin::failed(&self.inner.pool, &self.inner.table, limit)
+            .await
+            .map_err(|e| self.explain(e))
     }
 
     /// Puts failed rows back to pending; returns how many. A retried row
@@ -177,9 +183,24 @@ impl Relay {
     ///
     /// # Errors
     ///
-    /// [`RelayError::Database`].
+    /// [`RelayError::Database`], or [`RelayError::MissingTable`] saying how
+    /// to create it.
     pub async fn retry(&self, which: &RetrySelection) -> Result<u64, RelayError> {
-        admin::retry(&self.inner.pool, &self.inner.table, which).await
+        admin::retry(&self.inner.pool, &self.inner.table, which)
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    /// A missing table's error with how to create it; others unchanged.
+    fn explain(&self, e: RelayError) -> RelayError {
+        match e {
+            RelayError::MissingTable(detail) => RelayError::MissingTable(format!(
+                "the outbox table {} does not exist: create it with `warren relay schema --apply`, \
+                 or `warren relay schema | psql \"$DATABASE_URL\"` ({detail})",
+                self.inner.table.qualified()
+            )),
+            other => other,
+        }
     }
 
     /// Relays until `shutdown` is cancelled, then finishes the cycle in
@@ -188,7 +209,7 @@ impl Relay {
     ///
     /// # Errors
     ///
-    /// [`RelayError::Config`] when the outbox table does not exist.
+    /// [`RelayError::MissingTable`] when the outbox table does not exist.
     pub async fn run(&self, publisher: &Publisher, shutdown: CancellationToken) -> Result<(), RelayError> {
         let inner = &self.inner;
         let wake = Arc::new(Notify::new());
@@ -271,10 +292,7 @@ impl<'a> Runner<'a> {
                 metrics::gauge!(RELAY_ACTIVE, "table" => self.label.clone()).set(1.0);
                 Ok(self.after(&tally, poll))
             }
-            Err(e) if is_missing_table(&e) => Err(RelayError::Config(format!(
-                "the outbox table {} does not exist: create it with `warren relay schema | psql` ({e})",
-                self.label
-            ))),
+            Err(e @ RelayError::MissingTable(_)) => Err(self.relay.explain(e)),
             Err(e) => {
                 inner.health.set(false);
                 let wait = self.db_backoff.next_delay();
@@ -289,10 +307,7 @@ impl<'a> Runner<'a> {
         metrics::counter!(RELAY_PUBLISHED_TOTAL, "table" => label.clone()).increment(tally.published as u64);
         metrics::counter!(RELAY_FAILED_TOTAL, "table" => label).increment(tally.failed as u64);
         if tally.failed > 0 {
-            tracing::warn!(
-                rows = tally.failed,
-                "outbox rows marked failed: see `warren relay failed`"
-            );
+            tracing::warn!(rows = tally.failed, "{}", failed_warning(tally));
         }
         if let Some(error) = &tally.error {
             let wait = self.broker_backoff.next_delay();
@@ -311,6 +326,47 @@ impl<'a> Runner<'a> {
     }
 }
 
-fn is_missing_table(e: &RelayError) -> bool {
-    matches!(e, RelayError::Database(m) if m.contains("does not exist") && m.contains("relation"))
+/// The warning for a cycle that marked rows failed: how many, the first
+/// one's id and reason (shortened), and where to see them all.
+fn failed_warning(tally: &Tally) -> String {
+    let first = tally.first_failed.as_ref().map_or_else(String::new, |(id, reason)| {
+        let short = crate::event::truncate(reason, 200);
+        let more = if short.len() < reason.len() { "…" } else { "" };
+        format!(" (first: row {id}: {short}{more})")
+    });
+    format!(
+        "{} outbox row(s) marked failed{first}: see `warren relay failed`",
+        tally.failed
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failed_rows_warning_names_the_first_rows_reason() {
+        let tally = Tally {
+            failed: 2,
+            first_failed: Some((41, "invalid field `data.email`: is not an e-mail address".into())),
+            ..Tally::default()
+        };
+        assert_eq!(
+            failed_warning(&tally),
+            "2 outbox row(s) marked failed (first: row 41: invalid field `data.email`: \
+             is not an e-mail address): see `warren relay failed`"
+        );
+    }
+
+    #[test]
+    fn a_long_reason_is_shortened_in_the_warning() {
+        let tally = Tally {
+            failed: 1,
+            first_failed: Some((1, "x".repeat(5000))),
+            ..Tally::default()
+        };
+        let warning = failed_warning(&tally);
+        assert!(warning.len() < 300, "{warning}");
+        assert!(warning.contains("x…): see `warren relay failed`"), "{warning}");
+    }
 }

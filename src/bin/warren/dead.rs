@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use warren::Settings;
 use warren::dead::{DeadLetters, FileSink, Filter, Parked, Record, ReplayOptions, parse_time, read_export};
 
+use crate::terminal;
+
 /// Operate on the service's `.dead` queues (see docs/CONSUMER.md#dead-letters).
 #[derive(clap::Args)]
 pub struct DeadArgs {
@@ -261,7 +263,7 @@ async fn confirm_purge(dead: &DeadLetters, filter: &Filter, export: Option<&Path
 fn print_parked(found: &[Parked], json: bool) {
     if json {
         for p in found {
-            println!("{}", serde_json::to_string(p).expect("serializable"));
+            println!("{}", terminal::json(serde_json::to_string(p).expect("serializable")));
         }
         return;
     }
@@ -271,7 +273,7 @@ fn print_parked(found: &[Parked], json: bool) {
 fn print_groups(groups: &[warren::dead::Group], json: bool) {
     if json {
         for g in groups {
-            println!("{}", serde_json::to_string(g).expect("serializable"));
+            println!("{}", terminal::json(serde_json::to_string(g).expect("serializable")));
         }
         return;
     }
@@ -281,7 +283,7 @@ fn print_groups(groups: &[warren::dead::Group], json: bool) {
 fn print_records(found: &[Record], json: bool) -> anyhow::Result<()> {
     for r in found {
         if json {
-            println!("{}", serde_json::to_string(r)?);
+            println!("{}", terminal::json(serde_json::to_string(r)?));
         } else {
             print::record(r)?;
         }

@@ -6,16 +6,20 @@
 mod bench;
 mod contract;
 mod dead;
+mod listeners;
 mod logging;
 mod probes;
 mod relay;
 mod show_config;
+mod terminal;
+mod topology_delete;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use listeners::Listeners;
 use show_config::Origins;
 use tokio_util::sync::CancellationToken;
 use warren::config::{Loaded, Sources};
@@ -74,7 +78,7 @@ enum Command {
         #[arg(long)]
         source: Option<String>,
     },
-    /// Declare or export the exchange, queues and bindings.
+    /// Declare, export or delete the exchange, queues and bindings.
     #[command(subcommand)]
     Topology(TopologyCommand),
     /// Print the effective settings, with passwords and tokens redacted: as
@@ -144,7 +148,8 @@ struct HandlerArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum HandlerKind {
-    /// One JSON line per event on stdout (event_id, event_type, user_id, attempt, data).
+    /// One JSON line per event on stdout (event_id, event_type, timestamp, source,
+    /// user_id, attempt, data).
     Log,
     /// POST each event to webhook.url + webhook.path (GO_BACKEND_URL), signed
     /// per Standard Webhooks with webhook.secret; 5xx/408/429/timeouts are
@@ -160,6 +165,10 @@ enum TopologyCommand {
     /// Print RabbitMQ definitions JSON (for `rabbitmqctl import_definitions`
     /// or `load_definitions`).
     Export,
+    /// Delete the service's queues: retry tiers, work queues, `.dead` queues
+    /// (and the exchange with --exchange). Asks first unless --yes; refuses
+    /// queues holding messages unless --force.
+    Delete(topology_delete::DeleteArgs),
 }
 
 fn main() -> ExitCode {
@@ -226,7 +235,7 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
             let conn = warren::amqp::connect(&warren::amqp::ConnectOptions::new(&settings.amqp, "topology")).await?;
             let channel = conn.create_channel().await.context("opening a channel")?;
             topology.declare(&channel).await?;
-            let _ = conn.close(200, "done".into()).await;
+            close(&conn).await;
             eprintln!(
                 "declared exchange {:?}, {} queues and {} bindings",
                 topology.exchange,
@@ -234,6 +243,7 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
                 topology.bindings().len()
             );
         }
+        Command::Topology(TopologyCommand::Delete(args)) => topology_delete::run(&settings, &args).await?,
         Command::Config { json } => print!("{}", show_config::render(&settings, &origins, json)?),
         Command::Schema { event_type } => print!("{}", contract::schema(event_type.as_deref())?),
         Command::Asyncapi { json } => print!("{}", contract::asyncapi(&settings, json)?),
@@ -244,8 +254,10 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
             probes::consume(&settings, consumer, shutdown).await?;
         }
         Command::Ingress => {
+            check_export_dir(&settings)?;
+            let listeners = Listeners::bind(&settings).await?;
             let shutdown = shutdown_on_signal();
-            ingress(&settings, shutdown, Readiness::new()).await?;
+            ingress(&settings, listeners, shutdown, Readiness::new()).await?;
         }
         Command::Relay(args) => relay::run(&settings, args, shutdown_on_signal()).await?,
         Command::Run { handler, relay } => {
@@ -262,9 +274,20 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
     Ok(())
 }
 
+/// Closes a connection of a one-shot command, waiting at most a few
+/// seconds for the broker's answer: the command's work is done either way.
+async fn close(conn: &lapin::Connection) {
+    let closing = conn.close(200, "done".into());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closing).await;
+}
+
 /// `warren run`: the consumer service and the ingress in one process (and
 /// the outbox relay with `--relay`); whichever ends first stops the others.
+/// The listeners are bound first: a taken port stops it before anything
+/// has consumed, relayed or declared.
 async fn run_all(settings: Settings, handler: HandlerKind, relay: bool) -> anyhow::Result<()> {
+    check_export_dir(&settings)?;
+    let listeners = Listeners::bind(&settings).await?;
     let shutdown = shutdown_on_signal();
     warren::metrics::install()?;
     // /readyz of the ingress also reports the consumer (and the relay's database).
@@ -284,7 +307,7 @@ async fn run_all(settings: Settings, handler: HandlerKind, relay: bool) -> anyho
         stop.cancel();
         result
     });
-    let serving = ingress(&settings, shutdown.clone(), readiness).await;
+    let serving = ingress(&settings, listeners, shutdown.clone(), readiness).await;
     shutdown.cancel();
     let consumed = consuming.await.context("consumer task")?;
     if let Some(task) = relaying {
@@ -313,27 +336,34 @@ async fn consumer(settings: Settings, kind: HandlerKind) -> anyhow::Result<Consu
     })
 }
 
+/// The `/dead` routes' purge writes there: a mistake is said at start,
+/// before anything is bound or consumed, not at the first purge.
+fn check_export_dir(settings: &Settings) -> anyhow::Result<()> {
+    warren::dead::check_export_dir(&settings.dead.export_dir).map_err(|e| anyhow::anyhow!("dead.export_dir: {e}"))
+}
+
 /// Serves the ingress (and metrics) until `shutdown`; the publisher connects
 /// in the background so /healthz answers and /readyz says 503 while the
 /// broker is down. Ends with an error (cancelling `shutdown`) when the
 /// broker refuses the publisher's login or vhost at start.
-async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Readiness) -> anyhow::Result<()> {
-    // The /dead routes' purge writes there: a mistake is said now, not at the first purge.
-    warren::dead::check_export_dir(&settings.dead.export_dir).map_err(|e| anyhow::anyhow!("dead.export_dir: {e}"))?;
+async fn ingress(
+    settings: &Settings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    readiness: Readiness,
+) -> anyhow::Result<()> {
     let handle = warren::metrics::install()?;
     let publisher = Publisher::start(settings, "ingress");
     let refused = publisher.clone();
     let state = warren::http::AppState::new(std::sync::Arc::new(publisher), &fit_to_descriptors(&settings.ingress))
         .with_readiness(readiness)
         .with_dead_letters(settings);
-    let listener = tokio::net::TcpListener::bind(settings.ingress.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (ingress.listen)", settings.ingress.listen))?;
     // The bound address, not the setting: with port 0 the log says which port.
-    let listen = listener.local_addr().unwrap_or(settings.ingress.listen);
-    tracing::info!(listen = %listen, "ingress listening");
+    if let Ok(listen) = listeners.ingress.local_addr() {
+        tracing::info!(listen = %listen, "ingress listening");
+    }
     tokio::select! {
-        served = serve(settings, listener, state, handle, shutdown.clone()) => served,
+        served = serve(listeners, state, handle, shutdown.clone()) => served,
         error = refused.failed() => {
             shutdown.cancel();
             Err(error.into())
@@ -343,19 +373,18 @@ async fn ingress(settings: &Settings, shutdown: CancellationToken, readiness: Re
 
 /// Serves the ingress, and `/metrics` on `metrics.listen` when it is set.
 async fn serve(
-    settings: &Settings,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     state: warren::http::AppState,
     handle: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    match settings.metrics.listen {
+    let listener = listeners.ingress;
+    match listeners.metrics {
         None => warren::http::serve(listener, state.with_metrics(handle), shutdown).await?,
-        Some(addr) => {
-            let metrics_listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
-            tracing::info!(listen = %addr, "metrics listening");
+        Some(metrics_listener) => {
+            if let Ok(addr) = metrics_listener.local_addr() {
+                tracing::info!(listen = %addr, "metrics listening");
+            }
             let metrics =
                 warren::http::serve_metrics(metrics_listener, state.clone().with_metrics(handle), shutdown.clone());
             let (a, b) = tokio::join!(warren::http::serve(listener, state, shutdown), metrics);
@@ -437,19 +466,32 @@ async fn publish(
     // The ingress's rules: a lone surrogate would otherwise fail as an
     // obscure JSON error, deep nesting not at all.
     warren::event::portable::check_data(data.as_bytes()).context("invalid --data")?;
-    let data: serde_json::Value = serde_json::from_str(data).context("--data is not valid JSON")?;
-    let user_id = match user_id.or_else(|| data.get("user_id").and_then(serde_json::Value::as_i64)) {
+    // Published as given, as the ingress does: through a `Value` its keys
+    // would come out sorted.
+    let raw: Box<serde_json::value::RawValue> = serde_json::from_str(data).context("--data is not valid JSON")?;
+    let user_id = match user_id.or_else(|| data_user_id(&raw)) {
         Some(id) => id,
         None => bail!("invalid field `data.user_id`: is required (or pass --user-id)"),
     };
-    let envelope = RawEnvelope::new_raw(
+    let mut envelope = RawEnvelope::new_raw(
         event_type,
         source.unwrap_or_else(|| settings.publisher.source.clone()),
         user_id,
-        &data,
+        &serde_json::Value::Null,
     );
+    envelope.data = raw;
     envelope.check_known()?;
     let publisher = Publisher::connect(settings, "publish").await?;
     publisher.publish_raw(&envelope).await?;
     Ok(envelope.event_id)
+}
+
+/// `data.user_id`, when `data` is an object with an integer there.
+fn data_user_id(data: &serde_json::value::RawValue) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct UserId {
+        user_id: Option<serde_json::Value>,
+    }
+    let found: UserId = serde_json::from_str(data.get()).ok()?;
+    found.user_id?.as_i64()
 }

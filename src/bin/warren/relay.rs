@@ -69,7 +69,8 @@ pub async fn run(settings: &Settings, args: RelayArgs, shutdown: CancellationTok
         Some(RelayCommand::Failed { limit }) => {
             let rows = Relay::new(&settings.relay)?.failed(limit).await?;
             for row in &rows {
-                println!("{}", serde_json::to_string(row)?);
+                // Rows hold what the application wrote: printed safe for a terminal.
+                println!("{}", crate::terminal::json(serde_json::to_string(row)?));
             }
             eprintln!("{} failed row(s) listed", rows.len());
             Ok(())

@@ -58,7 +58,7 @@ pub fn render(settings: &Settings, origins: &Origins, json: bool) -> anyhow::Res
         "\n# Derived from the settings above:\n# retry delays: {delays} (from {delays_from})\n# queues:\n"
     );
     for q in queues {
-        let _ = writeln!(out, "#   {q}");
+        let _ = writeln!(out, "#   {}", crate::terminal::text(&q));
     }
     Ok(out)
 }

@@ -1,10 +1,14 @@
-//! What `warren dead` prints: tables for people, summaries of replays and purges.
+//! What `warren dead` prints: tables for people, summaries of replays and
+//! purges. Every value a producer or the broker set goes through
+//! [`terminal::text`] (or [`terminal::json`]), so it cannot act on the terminal.
 
 use std::path::Path;
 
 use anyhow::bail;
 use chrono::{DateTime, SecondsFormat, Utc};
 use warren::dead::{Group, Parked, PurgeReport, Record, ReplayReport};
+
+use crate::terminal;
 
 fn time(t: Option<DateTime<Utc>>) -> String {
     t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
@@ -28,15 +32,15 @@ pub fn parked_table(found: &[Parked]) {
     for p in found {
         println!(
             "{:<36}  {:<15}  {:>8}  {:<10}  {:>3}  {:<20}  {:<20}  {:>6}  {}",
-            p.event_id.as_deref().unwrap_or("-"),
-            p.event_type.as_deref().unwrap_or("-"),
+            terminal::text(p.event_id.as_deref().unwrap_or("-")),
+            terminal::text(p.event_type.as_deref().unwrap_or("-")),
             p.user_id.map_or_else(|| "-".to_owned(), |u| u.to_string()),
-            p.reason,
+            terminal::text(&p.reason),
             p.attempts.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             time(p.first_failure),
             time(p.dead_lettered_at),
             p.body_size,
-            cut(p.error.as_deref().unwrap_or("").lines().next().unwrap_or(""), 60),
+            terminal::text(&cut(p.error.as_deref().unwrap_or("").lines().next().unwrap_or(""), 60)),
         );
     }
     eprintln!("{} parked events", found.len());
@@ -53,11 +57,11 @@ pub fn groups_table(groups: &[Group]) {
             "{:<8}  {:>6}  {:<15}  {:<10}  {:<20}  {:<20}  {}",
             g.group,
             g.count,
-            g.event_type.as_deref().unwrap_or("-"),
-            g.reason,
+            terminal::text(g.event_type.as_deref().unwrap_or("-")),
+            terminal::text(&g.reason),
             time(g.oldest),
             time(g.newest),
-            cut(&g.error_class, 70),
+            terminal::text(&cut(&g.error_class, 70)),
         );
     }
     let total: u64 = groups.iter().map(|g| g.count).sum();
@@ -70,26 +74,26 @@ pub fn groups_table(groups: &[Group]) {
 /// One whole message for `show`: where it came from, then the record.
 pub fn record(r: &Record) -> anyhow::Result<()> {
     let h = &r.headers;
-    let s = |k: &str| h.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
-    println!("queue:  {}", r.queue);
+    let s = |k: &str| terminal::text(h.get(k).and_then(|v| v.as_str()).unwrap_or("?")).into_owned();
+    println!("queue:  {}", terminal::text(&r.queue));
     println!(
-        "origin: published to exchange {:?} with routing key {:?}; parked by {} after {} attempts ({}: {})",
+        "origin: published to exchange \"{}\" with routing key \"{}\"; parked by {} after {} attempts ({}: {})",
         s("x-warren-original-exchange"),
         s("x-warren-original-routing-key"),
         s("x-warren-queue"),
         h.get("x-warren-attempts")
-            .map_or_else(|| "?".to_owned(), ToString::to_string),
+            .map_or_else(|| "?".to_owned(), |a| terminal::text(&a.to_string()).into_owned()),
         s("x-warren-reason"),
         s("x-warren-error"),
     );
-    println!("{}", serde_json::to_string_pretty(r)?);
+    println!("{}", terminal::json(serde_json::to_string_pretty(r)?));
     Ok(())
 }
 
 /// The summary of a replay; an error when something was left behind.
 pub fn replay_summary(r: &ReplayReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(r)?);
+        println!("{}", terminal::json(serde_json::to_string(r)?));
     } else if r.dry_run {
         parked_table(&r.moved);
         println!(
@@ -110,7 +114,7 @@ pub fn replay_summary(r: &ReplayReport, json: bool) -> anyhow::Result<()> {
         for p in &r.skipped_over_cap {
             eprintln!(
                 "skipped {} ({} replays already; raise --max-replays to send it again)",
-                p.event_id.as_deref().unwrap_or("(no event_id)"),
+                terminal::text(p.event_id.as_deref().unwrap_or("(no event_id)")),
                 p.replays
             );
         }
@@ -124,7 +128,7 @@ pub fn replay_summary(r: &ReplayReport, json: bool) -> anyhow::Result<()> {
 /// The summary of a purge; an error when it stopped early.
 pub fn purge_summary(r: &PurgeReport, export: Option<&Path>, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(r)?);
+        println!("{}", terminal::json(serde_json::to_string(r)?));
     } else {
         let to = export.map_or_else(String::new, |p| format!(" (exported to {})", p.display()));
         println!(
