@@ -11,18 +11,22 @@ WORKDIR /src
 # Dependencies first, in their own layer: build them against placeholder
 # sources, so editing src/ does not rebuild every crate. The layer changes
 # only with Cargo.toml or Cargo.lock.
+# The workspace's other member, the load generator, is not built: only its
+# manifest (and a placeholder) so that cargo can read the workspace.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin/warren \
+COPY warren-bench/Cargo.toml warren-bench/
+RUN mkdir -p src/bin/warren warren-bench/src \
     && echo 'fn main() {}' > src/bin/warren/main.rs \
+    && echo 'fn main() {}' > warren-bench/src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p warren \
     && rm -rf src
 
 # Then warren itself. `touch` makes cargo see the real sources as newer than
 # the placeholders it just built, whatever mtimes COPY gave them.
 COPY src ./src
 RUN touch src/bin/warren/main.rs src/lib.rs \
-    && cargo build --release --locked --bin warren
+    && cargo build --release --locked -p warren --bin warren
 
 # ---- run --------------------------------------------------------------------
 FROM debian:bookworm-slim

@@ -7,6 +7,11 @@ use std::process::Command;
 
 /// The crates in warren's normal dependency tree with `features`.
 fn tree(features: &[&str]) -> BTreeSet<String> {
+    tree_with(features, &[])
+}
+
+/// [`tree`] with more `cargo tree` options (`--depth 1`: direct dependencies only).
+fn tree_with(features: &[&str], options: &[&str]) -> BTreeSet<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args([
@@ -22,6 +27,9 @@ fn tree(features: &[&str]) -> BTreeSet<String> {
     ])
     .arg("--manifest-path")
     .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+    // The workspace's default members include warren-bench: only warren here.
+    .args(["-p", "warren"])
+    .args(options)
     .arg("--no-default-features");
     if !features.is_empty() {
         cmd.args(["--features", &features.join(",")]);
@@ -76,6 +84,20 @@ fn the_relay_feature_adds_postgres_without_the_cli_an_http_stack_or_openssl() {
         assert!(
             !crates.contains(*name),
             "{name} came with the relay feature: {crates:?}"
+        );
+    }
+}
+
+#[test]
+fn the_binary_carries_no_load_generator_or_its_http_client() {
+    let direct = tree_with(&["cli"], &["--depth", "1"]);
+    assert!(direct.contains("clap") && direct.contains("mimalloc"), "{direct:?}");
+    // The bench's bare hyper client needed http-body-util; axum and reqwest
+    // still bring it along, but warren itself does not ask for it.
+    for name in ["warren-bench", "http-body-util"] {
+        assert!(
+            !direct.contains(name),
+            "{name} is a dependency of the warren binary: {direct:?}"
         );
     }
 }

@@ -15,9 +15,7 @@ use std::time::Duration;
 
 mod channel;
 mod error;
-// Public for `warren bench`, which prices the shared deadline against a bare loop.
-#[doc(hidden)]
-pub mod expiry;
+mod expiry;
 mod health;
 mod metrics;
 mod properties;

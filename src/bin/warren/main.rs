@@ -1,9 +1,8 @@
 //! The `warren` command: publish events, manage the topology, run the
-//! services, and `bench`, the load generator. It lives beside the library so
-//! that services using warren as a library compile neither clap, nor the
-//! bench's HTTP client, nor the allocator chosen here.
+//! services. It lives beside the library so that services using warren as a
+//! library compile neither clap nor the allocator chosen here. The load
+//! generator is a binary of its own (warren-bench), not part of this one.
 
-mod bench;
 mod contract;
 mod dead;
 mod listeners;
@@ -133,9 +132,6 @@ enum Command {
     /// List, group, show, replay, purge and import the events parked in the
     /// service's `.dead` queues.
     Dead(dead::DeadArgs),
-    /// Load-test publish → broker → handler on throwaway queues; with
-    /// --baseline, against two bare-lapin loops (warren's work, and the leanest).
-    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -263,11 +259,6 @@ async fn run(cli: Cli, settings: Settings, origins: Origins) -> anyhow::Result<(
         Command::Run { handler, relay } => {
             settings.check_consuming(origins.get("consumer.event_types"))?;
             run_all(settings, handler.handler, relay).await?;
-        }
-        Command::Bench(args) => {
-            // Metrics are recorded as in `warren run`, where a recorder serves /metrics.
-            warren::metrics::install()?;
-            bench::run(&settings, &args, shutdown_on_signal()).await?;
         }
         Command::Dead(args) => dead::run(settings, args, shutdown_on_signal).await?,
     }

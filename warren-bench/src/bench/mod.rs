@@ -1,4 +1,4 @@
-//! `warren bench`: an end-to-end load run against the configured broker.
+//! `warren-bench`: an end-to-end load run against the configured broker.
 //!
 //! Each run publishes `user.registered` events to its own uniquely named
 //! exchange and queues (deleted afterwards) and consumes them with a typed
@@ -21,6 +21,7 @@
 pub mod arena;
 mod baseline;
 mod drive;
+mod expiry;
 pub mod figures;
 mod ingress;
 pub mod lean;
@@ -47,14 +48,14 @@ use warren::config::Settings;
 use warren::event::{Event, UserRegistered};
 use warren::topology::Topology;
 
-/// Options of `warren bench`.
+/// Options of `warren-bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Events per run [default: 50000, unless --duration is given].
     #[arg(long, value_name = "N", conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     pub events: Option<u64>,
     /// Publish for this long instead of a fixed count (500ms, 20s, 2m).
-    #[arg(long, value_name = "TIME", value_parser = warren::config::duration::parse)]
+    #[arg(long, value_name = "TIME", value_parser = crate::duration::parse)]
     pub duration: Option<Duration>,
     /// Size of each event's JSON body in bytes (the username is padded; the
     /// smallest envelope is about 285 bytes).
@@ -343,7 +344,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs, shutdown: CancellationTo
     let mut report = Report::new(plan.clone());
     let mut stdout = std::io::stdout();
     if !args.json {
-        let _ = writeln!(stdout, "warren bench: {}", plan.describe());
+        let _ = writeln!(stdout, "warren-bench: {}", plan.describe());
     }
     let mut kinds = plan.columns();
     for i in 0..plan.runs {
@@ -378,7 +379,7 @@ async fn warn_about_copies(settings: &Settings) -> Result<(), BenchError> {
             "warning: queue {own} exists: if it is bound to exchange {exchange}, where the ingress publishes, \
              it gets a copy of every bench event, and the broker does that work too. Bench the ingress on an \
              exchange of its own: the same WARREN_TOPOLOGY__EXCHANGE=warren-bench for `warren ingress` and \
-             `warren bench`.",
+             `warren-bench`.",
             exchange = settings.topology.exchange
         );
     }

@@ -1,14 +1,18 @@
-//! `warren bench` as a process: small runs (classic queues) that must
+//! `warren-bench` as a process: small runs (classic queues) that must
 //! complete, count every event, report ratios, and leave no queue behind.
 //! Speed is not asserted here: it lives in the benchmark itself.
 
+// warren's own broker helpers: the broker URL, unique names, cleanup.
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 /// The tests compare the broker's `warren-bench-*` queues before and after
 /// a run, so they run one at a time.
@@ -19,18 +23,17 @@ fn bench(args: &[&str], exchange: &str) -> Output {
 }
 
 fn bench_with(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_warren"))
-        .arg("bench")
+    Command::new(env!("CARGO_BIN_EXE_warren-bench"))
         .args(args)
         .env_remove("AMQP_URL")
         .env("WARREN_AMQP__URL", support::amqp_url())
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
-        .expect("run warren bench")
+        .expect("run warren-bench")
 }
 
-/// The names of the broker's queues made by `warren bench`.
+/// The names of the broker's queues made by `warren-bench`.
 fn bench_queues() -> BTreeSet<String> {
     support::rabbitmqctl(&["-q", "list_queues", "name", "--no-table-headers"])
         .lines()
@@ -51,7 +54,7 @@ fn report(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "warren bench failed ({}): {stdout}\n{}",
+        "warren-bench failed ({}): {stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -177,39 +180,44 @@ fn delete_exchange(name: &str) {
     });
 }
 
-/// A `warren ingress` process on a free port, publishing to `exchange`.
-struct Ingress(Child, String);
+/// warren's HTTP ingress, served from this process on a free port and
+/// publishing to `exchange`, as `warren ingress` would.
+struct Ingress {
+    url: String,
+    stop: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+}
 
 impl Ingress {
     fn start(exchange: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .arg("ingress")
-            .env_remove("AMQP_URL")
-            .env("WARREN_AMQP__URL", support::amqp_url())
-            .env("WARREN_TOPOLOGY__EXCHANGE", exchange)
-            .env("WARREN_INGRESS__LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start warren ingress");
-        let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self(child, url);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the ingress");
+        let mut settings = warren::Settings::default();
+        settings.amqp.url = support::amqp_url();
+        settings.topology.exchange = exchange.to_owned();
+        settings.ingress.listen = listener.local_addr().unwrap();
+        let url = format!("http://{}", settings.ingress.listen);
+        let stop = CancellationToken::new();
+        let _entered = runtime.enter();
+        let publisher = warren::Publisher::start(&settings, "ingress");
+        let state = warren::http::AppState::new(Arc::new(publisher), &settings.ingress);
+        runtime.spawn(warren::http::serve(listener, state, stop.clone()));
+        Self {
+            url,
+            stop,
+            runtime: Some(runtime),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("warren ingress did not listen on {url} within 10 s");
     }
 }
 
 impl Drop for Ingress {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.stop.cancel();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
     }
 }
 
@@ -222,7 +230,7 @@ fn ingress_run_posts_every_event_through_http() {
     let out = bench(
         &[
             "--ingress",
-            &ingress.1,
+            &ingress.url,
             "--events",
             "300",
             "--queue-type",
@@ -235,7 +243,7 @@ fn ingress_run_posts_every_event_through_http() {
     let run = &json["runs"][0]["warren"];
     assert_eq!(run["events"], 300, "{run}");
     assert!(run["publish_rate"].as_f64().unwrap() > 0.0, "{run}");
-    assert_eq!(json["plan"]["ingress"], ingress.1.as_str());
+    assert_eq!(json["plan"]["ingress"], ingress.url.as_str());
     drop(ingress);
     assert_none_left(&before);
     delete_exchange(&exchange);
@@ -250,7 +258,7 @@ fn ingress_run_warns_that_the_services_own_queue_gets_copies() {
     let topology = rt.block_on(support::declare(&conn, &s));
     let ingress = Ingress::start(&s.topology.exchange);
     let out = bench_with(
-        &["--ingress", &ingress.1, "--events", "200", "--queue-type", "classic"],
+        &["--ingress", &ingress.url, "--events", "200", "--queue-type", "classic"],
         &[
             ("WARREN_TOPOLOGY__EXCHANGE", &s.topology.exchange),
             ("WARREN_CONSUMER__SERVICE", &s.consumer.service),

@@ -24,13 +24,13 @@ use uuid::Uuid;
 use super::arena::{Arena, within};
 use super::baseline::{body_text, consume, open_consumer, open_publisher, publish_confirmed};
 use super::drive::{Measurement, consumer_ready, publish_all};
+use super::expiry::Expiries;
 use super::figures::Raw;
 use super::load::{Payload, Quota, Recorder};
 use super::progress::Progress;
 use super::{BenchError, Plan};
 use warren::event::{Envelope, Event, UserRegistered};
 use warren::publisher::event_properties;
-use warren::publisher::expiry::Expiries;
 
 /// The lean consumer's `basic.qos`.
 pub const PREFETCH: u16 = 512;

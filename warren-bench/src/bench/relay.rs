@@ -1,7 +1,7 @@
-//! `warren bench --relay`: the outbox relay's throughput and lag, next to
+//! `warren-bench --relay`: the outbox relay's throughput and lag, next to
 //! the library publisher's rate in the same invocation.
 //!
-//! First a publisher run (as `warren bench` does), then a relay run: rows
+//! First a publisher run (as `warren-bench` does), then a relay run: rows
 //! are inserted into a scratch outbox table (schema `warren_bench_<id>`,
 //! dropped afterwards) from 4 connections in transactions of 100 rows, as
 //! fast as the database takes them, while an in-process [`Relay`] publishes
@@ -34,7 +34,7 @@ const PER_TX: usize = 100;
 pub async fn run(settings: &Settings, plan: &Plan, shutdown: &CancellationToken) -> Result<(), BenchError> {
     let events = plan.events.unwrap_or(50_000) as usize;
     println!(
-        "warren bench --relay: {events} events per run, batch {}",
+        "warren-bench --relay: {events} events per run, batch {}",
         settings.relay.batch_size
     );
     let direct = run_one(settings, plan, Kind::Warren, 0, shutdown).await?;
@@ -103,7 +103,7 @@ async fn relay_run(arena: &Arena, plan: &Plan, events: usize) -> Result<Relayed,
     };
     let db = Database::new(
         settings.relay.database_url.as_deref().unwrap_or_default(),
-        "warren bench",
+        "warren-bench",
     )
     .map_err(db_err)?;
     let started = Instant::now();
