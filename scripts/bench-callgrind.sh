@@ -2,7 +2,7 @@
 # Client instructions per event, counted by valgrind's callgrind:
 # deterministic to a fraction of a percent, so it shows the effect of a
 # change that wall-clock runs on a shared 2-core machine cannot resolve.
-# Runs `warren bench` under callgrind twice, at EVENTS and at 4 × EVENTS
+# Runs `warren-bench` under callgrind twice, at EVENTS and at 4 × EVENTS
 # per run, with one profile dump per run, and prints each run's
 # user-space instructions (Ir) per event as the difference of the two
 # divided by the difference in events: what one more event costs. What a
@@ -19,14 +19,14 @@
 # It needs the symbols the release build strips: build the `profiling`
 # profile (the release build with symbols) first.
 #
-#   cargo build --profile profiling && scripts/bench-callgrind.sh [EVENTS] [bench options]
+#   cargo build --profile profiling -p warren-bench && scripts/bench-callgrind.sh [EVENTS] [bench options]
 #   callgrind_annotate --inclusive=no <dir>/large/callgrind.out.<pid>.4 | head -40   # where one run's go
 set -euo pipefail
 events="${1:-5000}"
 shift || true
 (($#)) || set -- --baseline --runs 2
-warren="${WARREN:-$(cd "$(dirname "$0")/.." && pwd)/target/profiling/warren}"
-[[ -x "$warren" ]] || { echo "no $warren: run cargo build --profile profiling first" >&2; exit 1; }
+bench="${WARREN_BENCH:-$(cd "$(dirname "$0")/.." && pwd)/target/profiling/warren-bench}"
+[[ -x "$bench" ]] || { echo "no $bench: run cargo build --profile profiling -p warren-bench first" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind not found" >&2; exit 1; }
 
 dir="$(mktemp -d -t warren-callgrind.XXXXXX)"
@@ -36,9 +36,9 @@ profile() {
   mkdir -p "$dir/$1"
   (cd "$dir/$1" &&
     valgrind --tool=callgrind --compress-strings=no --compress-pos=no --dump-after='*run_line*' \
-      "$warren" bench --events "$2" "${@:3}" 2>/dev/null | grep '^run ' | awk '{print $3}' > runs.txt)
+      "$bench" --events "$2" "${@:3}" 2>/dev/null | grep '^run ' | awk '{print $3}' > runs.txt)
   ls "$dir/$1"/callgrind.out.*.1 >/dev/null 2>&1 ||
-    { echo "no profile dumps in $dir/$1: was $warren built with its symbols (cargo build --profile profiling)?" >&2; exit 1; }
+    { echo "no profile dumps in $dir/$1: was $bench built with its symbols (cargo build --profile profiling -p warren-bench)?" >&2; exit 1; }
 }
 
 # total SIZE I: the instructions of dump I.

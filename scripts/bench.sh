@@ -8,14 +8,19 @@
 # `warren ingress` started here (on $INGRESS_LISTEN, default 127.0.0.1:8597,
 # which must be free). Needs the broker of the settings (default
 # 127.0.0.1:5672) on this machine (its CPU is read from /proc), curl and a
-# release build; run it from a directory whose warren.toml/.env (if any)
+# release build of warren and warren-bench (`cargo build --release` at the
+# root builds both); run it from a directory whose warren.toml/.env (if any)
 # are the settings you want to bench. SERIES=short skips the ingress (about
 # 40 minutes; P99_DURATION=10s P99_RUNS=5 make it 15).
 #
 #   cargo build --release && scripts/bench.sh | tee bench.log
 set -euo pipefail
-warren="${WARREN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/warren}"
-[[ -x "$warren" ]] || { echo "no $warren: run cargo build --release first" >&2; exit 1; }
+root="$(cd "$(dirname "$0")/.." && pwd)"
+warren="${WARREN:-$root/target/release/warren}"
+bench="${WARREN_BENCH:-$root/target/release/warren-bench}"
+for bin in "$warren" "$bench"; do
+  [[ -x "$bin" ]] || { echo "no $bin: run cargo build --release first" >&2; exit 1; }
+done
 events="${EVENTS:-20000}"
 runs="${RUNS:-7}"
 # p99 at 1,000 events/s: the broker's pauses (up to tens of milliseconds,
@@ -45,9 +50,9 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 run() {
   echo
-  echo "## warren bench $*"
+  echo "## warren-bench $*"
   echo '```'
-  "$warren" bench "$@" 2>/dev/null | grep -v '^run '
+  "$bench" "$@" 2>/dev/null | grep -v '^run '
   echo '```'
   echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 }

@@ -4,14 +4,14 @@
 # reads its threads' run time (/proc/PID/task/*/schedstat, nanoseconds) and
 # voluntary context switches over SECONDS (default 30), and stops it.
 #
-#   cargo build --release && scripts/idle-cpu.sh 30 run
+#   cargo build --release -p warren && scripts/idle-cpu.sh 30 run
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/test scripts/idle-cpu.sh 30 run --relay
 set -euo pipefail
 secs="${1:-30}"
 shift || true
 (($#)) || set -- run
 warren="${WARREN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/warren}"
-[[ -x "$warren" ]] || { echo "no $warren: run cargo build --release first" >&2; exit 1; }
+[[ -x "$warren" ]] || { echo "no $warren: run cargo build --release -p warren first" >&2; exit 1; }
 log="$(mktemp -t warren-idle.XXXXXX.log)"
 "$warren" "$@" >"$log" 2>&1 &
 pid=$!
