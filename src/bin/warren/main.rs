@@ -30,7 +30,7 @@ use warren::{Publisher, Settings, Topology};
 
 /// mimalloc instead of glibc's malloc: the ingress and the consumer allocate
 /// small, short-lived buffers on every event across threads, where glibc's
-/// arenas spent a fifth of the ingress's CPU (see docs/BENCHMARKS.md).
+/// arenas spent a fifth of the ingress's CPU (see warren-bench/docs/BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
