@@ -690,3 +690,15 @@ async fn topology_delete_on_a_terminal_deletes_only_after_a_typed_yes() {
     assert!(yes.status.success(), "{}", text(&yes.stdout));
     assert!(deleted, "a yes deletes: {}", text(&yes.stdout));
 }
+
+#[test]
+fn the_load_generator_is_not_a_warren_command() {
+    let help = warren(&["--help"], &[]);
+    let listed = text(&help.stdout);
+    assert!(help.status.success() && listed.contains("publish"), "{help:?}");
+    // It is the warren-bench binary now, not part of the product.
+    assert!(!listed.contains("bench"), "{listed}");
+    let out = warren(&["bench", "--events", "1"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("unrecognized subcommand 'bench'"), "{out:?}");
+}

@@ -160,6 +160,19 @@ fn prefetches_run_warren_at_each_and_at_the_configured_one() {
 }
 
 #[test]
+fn help_lists_the_bench_options_and_the_settings_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren-bench"))
+        .arg("--help")
+        .output()
+        .expect("run warren-bench --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for option in ["--baseline", "--additions", "--ingress", "--relay", "--config"] {
+        assert!(help.contains(option), "{option} missing: {help}");
+    }
+}
+
+#[test]
 fn additions_do_not_go_with_a_baseline_or_the_ingress() {
     let out = bench(&["--additions", "--baseline", "--events", "10"], "unused");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
