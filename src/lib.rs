@@ -31,8 +31,8 @@
 //! `publisher` < `consumer`, `relay` < `dead` < `http` < `webhook`, `asyncapi`
 //! (tests/module_graph.rs keeps it so).
 //!
-//! The `warren` command (its subcommands, the `bench` load generator and the
-//! allocator) lives with the binary, in `src/bin/warren/`.
+//! The `warren` command (its subcommands and the allocator) lives with the
+//! binary, in `src/bin/warren/`; the load generator is `warren-bench/`.
 //!
 //! # Features
 //!
