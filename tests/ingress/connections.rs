@@ -178,11 +178,15 @@ async fn at_the_connection_cap_a_slow_client_makes_room_and_busy_ones_stay() {
 struct Ingress {
     child: Child,
     log: std::path::PathBuf,
+    /// Deletes the exchange its publisher declared.
+    _exchange: crate::support::Cleanup,
 }
 
 impl Ingress {
     fn start(listen: SocketAddr, descriptors: u32) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", crate::support::unique("slowloris")));
+        // Its own exchange: the publisher declares it on the shared broker.
+        let exchange = crate::support::unique("slowloris-x");
         let child = Command::new("sh")
             .arg("-c")
             .arg(format!("ulimit -n {descriptors} && exec \"$0\" ingress"))
@@ -191,12 +195,14 @@ impl Ingress {
             .env_remove("AMQP_URL")
             .env("WARREN_AMQP__URL", crate::support::amqp_url())
             .env("WARREN_INGRESS__LISTEN", listen.to_string())
+            .env("WARREN_TOPOLOGY__EXCHANGE", &exchange)
             .env("RUST_LOG", "warren=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start warren ingress");
-        Self { child, log }
+        let _exchange = crate::support::Cleanup::broker().exchange(&exchange);
+        Self { child, log, _exchange }
     }
 
     fn log(&self) -> String {
