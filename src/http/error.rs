@@ -130,6 +130,7 @@ impl ApiError {
     }
 
     /// 403: an `Origin` other than the ingress's own: a page of another site.
+    #[cfg(feature = "dead")]
     pub fn foreign_origin(given: &str) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,

@@ -100,9 +100,12 @@ impl FromRequestParts<AppState> for KnownHost {
 
 /// Extracting it refuses (403) a request with an `Origin` other than the
 /// ingress's own (`http://` or `https://` and the request's allowed `Host`):
-/// a page of another site, or an opaque `null` origin.
+/// a page of another site, or an opaque `null` origin. Only the `/dead`
+/// routes change state on a browser's word, so only they use it.
+#[cfg(feature = "dead")]
 pub(crate) struct SameOrigin;
 
+#[cfg(feature = "dead")]
 impl FromRequestParts<AppState> for SameOrigin {
     type Rejection = ApiError;
 
