@@ -75,3 +75,80 @@ impl Signals {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Set in the copy of the test binary that receives the signals, so the
+    /// test process itself keeps SIGTERM's default action.
+    const CHILD: &str = "WARREN_SHUTDOWN_TEST_CHILD";
+    const NAME: &str = "shutdown::tests::a_first_signal_cancels_and_a_second_exits_130";
+
+    /// The child process, killed if the test fails half-way.
+    struct Child(std::process::Child);
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_first_signal_cancels_and_a_second_exits_130() {
+        if std::env::var_os(CHILD).is_some() {
+            return child();
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut child = Child(
+            Command::new(exe)
+                .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("running the test binary again"),
+        );
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // The harness prints `test <name> ... ` before the child's own lines.
+        let wait_for = |want: &str| loop {
+            match lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.ends_with(want) => break,
+                Ok(_) => {}
+                Err(e) => panic!("no {want:?} line from the child: {e}"),
+            }
+        };
+        let pid = child.0.id().to_string();
+        let term = || {
+            let sent = Command::new("kill").args(["-TERM", &pid]).status();
+            assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        };
+        wait_for("signals ready");
+        term();
+        wait_for("token cancelled");
+        term();
+        let status = child.0.wait().expect("the child's exit");
+        assert_eq!(status.code(), Some(super::EXIT_ON_SECOND_SIGNAL), "{status}");
+    }
+
+    fn child() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let token = super::on_signal().expect("signal handlers");
+            println!("signals ready");
+            token.cancelled().await;
+            println!("token cancelled");
+            // Only the second signal ends this process.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+    }
+}
