@@ -40,8 +40,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 use warren::config::{Loaded, Sources};
 use warren::consumer::{Consumer, Context, Handler, HandlerError};
 use warren::{Envelope, Settings, UserLogin, UserRegistered};
@@ -86,7 +84,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     let settings = load_settings()?;
-    let shutdown = shutdown_on_signal()?;
+    // Cancelled by the first Ctrl-C or SIGTERM; a second one exits at once.
+    let shutdown = warren::shutdown::on_signal()?;
 
     let consumer = Consumer::new(settings)
         .on(WelcomeEmail {
@@ -129,27 +128,4 @@ fn load_settings() -> Result<Settings, Box<dyn std::error::Error>> {
         settings.consumer.service = SERVICE.into();
     }
     Ok(settings)
-}
-
-/// A token cancelled on the first Ctrl-C (SIGINT) or SIGTERM; a second one
-/// exits at once, leaving unacked deliveries to be redelivered.
-fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
-    let mut term = signal(SignalKind::terminate())?;
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down: finishing in-flight events (signal again to exit at once)");
-        cancel.cancel();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::warn!("second signal: exiting; unacked messages will be redelivered");
-        std::process::exit(130);
-    });
-    Ok(token)
 }

@@ -246,8 +246,9 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.base.saturating_mul(1 << self.attempt.min(16)).min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
-        let jitter = f64::from(uuid::Uuid::now_v7().as_u128() as u16) / f64::from(u16::MAX);
-        ceiling.mul_f64(0.5 + jitter / 2.0)
+        // Full jitter from the thread's generator, so instances that lost the
+        // broker together do not come back in step.
+        ceiling.mul_f64(rand::random_range(0.5..=1.0))
     }
 
     /// Back to `base` after a success.
@@ -317,5 +318,23 @@ mod tests {
         );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn jitter_spreads_delays_over_the_upper_half_of_the_ceiling() {
+        let ceiling = Duration::from_secs(1);
+        let delays: Vec<Duration> = (0..2000).map(|_| Backoff::new(ceiling, ceiling).next_delay()).collect();
+        for d in &delays {
+            assert!(*d >= ceiling / 2 && *d <= ceiling, "{d:?}");
+        }
+        let (low, high) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+        // 2000 uniform draws: both ends of the range are reached within 2 %.
+        assert!(*low < Duration::from_millis(510), "lowest {low:?}");
+        assert!(*high > Duration::from_millis(990), "highest {high:?}");
+        let below_middle = delays.iter().filter(|d| **d < Duration::from_millis(750)).count();
+        assert!(
+            (800..1200).contains(&below_middle),
+            "{below_middle} of 2000 below 750ms"
+        );
     }
 }

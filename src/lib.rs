@@ -23,11 +23,12 @@
 //! - [`relay`]: the PostgreSQL transactional outbox relay (feature `relay`).
 //! - [`process_metrics`]: the process's CPU, memory and file descriptors for `/metrics`.
 //! - [`readiness`]: the readiness of a service's parts, which `/readyz` reports.
+//! - [`shutdown`]: a shutdown token cancelled by SIGINT or SIGTERM, for a `main` to pass on.
 //! - [`webhook`]: the handler that forwards events to an HTTP service, signed (Standard Webhooks).
 //! - [`asyncapi`]: the deployment as an AsyncAPI 3.0 document (channels, queues, message schemas).
 //!
 //! Modules import "down" only: `schema` < `event`, `uri`, `secrets`, `refusal`,
-//! `metrics`, `process_metrics`, `readiness` < `config` < `topology` < `amqp` <
+//! `metrics`, `process_metrics`, `readiness`, `shutdown` < `config` < `topology` < `amqp` <
 //! `publisher` < `consumer`, `relay` < `dead` < `http` < `webhook`, `asyncapi`
 //! (tests/module_graph.rs keeps it so).
 //!
@@ -63,6 +64,7 @@ pub mod refusal;
 pub mod relay;
 pub mod schema;
 pub mod secrets;
+pub mod shutdown;
 pub mod topology;
 pub mod uri;
 #[cfg(feature = "webhook")]

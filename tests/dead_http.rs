@@ -139,6 +139,23 @@ async fn list_stats_show_replay_and_purge_over_http() {
     let (status, body) = call(&app, get("/dead?limit=lots")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"]["message"].as_str().unwrap().contains("limit"), "{body}");
+    // Values are URL-decoded as a form's are: %XX escapes and `+`.
+    let encoded = "/dead?reason=perm%61nent&since=2025-01-20T10%3A30%3A00%2B00%3A00&until=2025-01-20T10:31:00Z";
+    let (status, body) = call(&app, get(encoded)).await;
+    assert_eq!((status, &body["count"]), (StatusCode::OK, &json!(2)), "{body}");
+    let (status, body) = call(&app, get("/dead/stats?reason=no+such")).await;
+    assert_eq!((status, &body["groups"]), (StatusCode::OK, &json!([])), "{body}");
+    // An unknown parameter is refused, never ignored: a typo must not select everything.
+    let (status, body) = call(&app, get("/dead?reasons=permanent")).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_request"))
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("unknown field `reasons`") && message.contains("`reason`"),
+        "{message}"
+    );
 
     let (status, body) = call(&app, get("/dead/stats")).await;
     assert_eq!(status, StatusCode::OK);

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "metrics",
         "process_metrics",
         "readiness",
+        "shutdown",
     ],
     &["config"],
     &["topology"],

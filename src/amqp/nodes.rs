@@ -61,13 +61,10 @@ impl std::fmt::Debug for Nodes {
     }
 }
 
-/// Fisher–Yates with the random bits of a UUIDv7 (no RNG crate for this).
+/// A random order, so that instances do not all try the same node first.
 fn shuffle_in_place(urls: &mut [String]) {
-    for i in (1..urls.len()).rev() {
-        let random = uuid::Uuid::now_v7().as_u128() as u64;
-        let j = usize::try_from(random % (i as u64 + 1)).unwrap_or(0);
-        urls.swap(i, j);
-    }
+    use rand::seq::SliceRandom;
+    urls.shuffle(&mut rand::rng());
 }
 
 #[cfg(test)]

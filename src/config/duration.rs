@@ -1,35 +1,26 @@
-//! `Duration` as a number of seconds or a string with a unit: `500ms`, `10s`, `5m`, `1h`.
+//! `Duration` as a number of seconds or a string with units: `500ms`, `10s`,
+//! `5m`, `1h 30m` (parsed by humantime), written back in warren's shortest form.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer, de};
 
-/// Parses `1.5`, `10s`, `500ms`, `5m` or `1h`; a bare number is seconds.
+/// Parses a bare number of seconds (`1.5`, `30`) or what humantime reads:
+/// `500ms`, `10s`, `5m`, `1h`, `1h 30m`, `2 minutes`.
 ///
 /// # Errors
 ///
 /// A message saying which forms are accepted.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 10s, 5m, 1h"))?;
-    if !n.is_finite() || n < 0.0 {
+    if let Ok(seconds) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("invalid duration {s:?}: must be a positive number"));
+    }
+    if s.starts_with('-') {
         return Err(format!("invalid duration {s:?}: must be a positive number"));
     }
-    Ok(Duration::from_secs_f64(n * mult))
+    humantime::parse_duration(s).map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 10s, 5m, 1h"))
 }
 
 /// The shortest exact form: `500ms`, `10s`, `5m`, `1h`.
@@ -102,5 +93,52 @@ pub(super) mod list {
             .into_iter()
             .map(|r| r.into_duration().map_err(de::Error::custom))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_forms_and_a_bare_number_of_seconds() {
+        for (text, want) in [
+            ("500ms", Duration::from_millis(500)),
+            ("10s", Duration::from_secs(10)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("2 minutes", Duration::from_secs(120)),
+            (" 7 ", Duration::from_secs(7)),
+            ("1.5", Duration::from_millis(1500)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(parse(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn what_is_refused_says_what_is_accepted() {
+        for bad in ["soon", "", "10x", "1.5.2s"] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains("use e.g. 500ms, 10s, 5m, 1h"), "{bad}: {e}");
+        }
+        for negative in ["-1", "-1s", "-0.5", "inf", "NaN"] {
+            let e = parse(negative).unwrap_err();
+            assert!(e.contains("must be a positive number"), "{negative}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_written_form_reads_back() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_millis(1500),
+            Duration::from_secs(90),
+            Duration::from_secs(7200),
+        ] {
+            assert_eq!(parse(&format(d)), Ok(d), "{}", format(d));
+        }
     }
 }

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -134,8 +134,11 @@ fn dead_settings(state: &AppState) -> Result<Arc<Settings>, DeadError> {
         .ok_or_else(|| DeadError(StatusCode::NOT_FOUND, "not_found", "no dead-letter routes here".into()))
 }
 
-async fn list(_: Operator, State(state): State<AppState>, RawQuery(q): RawQuery) -> Result<Json<Value>, DeadError> {
-    let filter = query_filter(q.as_deref())?;
+async fn list(
+    _: Operator,
+    State(state): State<AppState>,
+    QueryFilter(filter): QueryFilter,
+) -> Result<Json<Value>, DeadError> {
     let events = with_dead(
         dead_settings(&state)?,
         Box::new(move |d| Box::pin(async move { d.list(&filter, &mut |_, _| {}).await })),
@@ -144,8 +147,11 @@ async fn list(_: Operator, State(state): State<AppState>, RawQuery(q): RawQuery)
     Ok(Json(json!({ "count": events.len(), "events": events })))
 }
 
-async fn stats(_: Operator, State(state): State<AppState>, RawQuery(q): RawQuery) -> Result<Json<Value>, DeadError> {
-    let filter = query_filter(q.as_deref())?;
+async fn stats(
+    _: Operator,
+    State(state): State<AppState>,
+    QueryFilter(filter): QueryFilter,
+) -> Result<Json<Value>, DeadError> {
     let groups = with_dead(
         dead_settings(&state)?,
         Box::new(move |d| Box::pin(async move { d.stats(&filter, &mut |_, _| {}).await })),
@@ -307,71 +313,61 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DeadError
 }
 
 /// The filter of a query string: `type`, `reason`, `since`, `until`
-/// (RFC 3339), `event_id`, `group`, `limit`.
-fn query_filter(query: Option<&str>) -> Result<Filter, DeadError> {
-    let mut map = serde_json::Map::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (percent_decode(k)?, percent_decode(v)?);
-        let value = if k == "limit" {
-            json!(
-                v.parse::<usize>()
-                    .map_err(|_| bad_request(format!("limit={v:?} is not a number")))?
-            )
-        } else {
-            json!(v)
-        };
-        map.insert(k, value);
+/// (RFC 3339), `event_id`, `group`, `limit`, URL-encoded as a form is.
+struct QueryFilter(Filter);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryFilter {
+    type Rejection = DeadError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        query_filter(&parts.uri).map(Self)
     }
-    serde_json::from_value(Value::Object(map)).map_err(|e| bad_request(format!("invalid query: {e}")))
 }
 
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
-fn percent_decode(s: &str) -> Result<String, DeadError> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = [bytes.next(), bytes.next()];
-                let byte = match hex {
-                    [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok()),
-                    _ => None,
-                };
-                out.push(byte.ok_or_else(|| bad_request("invalid %-escape in the query"))?);
-            }
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad_request("the query is not UTF-8"))
+fn query_filter(uri: &Uri) -> Result<Filter, DeadError> {
+    Query::try_from_uri(uri).map(|Query(f)| f).map_err(|e| {
+        // The cause names the parameter (`limit: invalid digit found in
+        // string`) without axum's "Failed to deserialize query string".
+        let cause = std::error::Error::source(&e).map_or_else(|| e.body_text(), ToString::to_string);
+        bad_request(format!("invalid query: {cause}"))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn filter(query: &str) -> Result<Filter, DeadError> {
+        query_filter(&format!("/dead{query}").parse().unwrap())
+    }
+
     #[test]
     fn query_strings_become_filters() {
-        let f = query_filter(Some(
-            "type=user.login&reason=exhausted&since=2025-01-20T10%3A30%3A00%2B01%3A00&limit=3",
-        ))
-        .unwrap_or_else(|e| panic!("{}", e.2));
+        let f = filter("?type=user.login&reason=exhausted&since=2025-01-20T10%3A30%3A00%2B01%3A00&limit=3")
+            .unwrap_or_else(|e| panic!("{}", e.2));
         assert_eq!(f.event_type.as_deref(), Some("user.login"));
         assert_eq!(f.reason.as_deref(), Some("exhausted"));
         assert_eq!(f.since.unwrap().to_rfc3339(), "2025-01-20T09:30:00+00:00");
         assert_eq!(f.limit, Some(3));
-        assert_eq!(
-            query_filter(None).unwrap_or_else(|e| panic!("{}", e.2)),
-            Filter::default()
-        );
-        for bad in ["limit=x", "typo=1", "since=yesterday", "reason=%zz"] {
-            assert_eq!(
-                query_filter(Some(bad)).err().map(|e| e.0),
-                Some(StatusCode::BAD_REQUEST),
-                "{bad}"
+        assert_eq!(filter("").unwrap_or_else(|e| panic!("{}", e.2)), Filter::default());
+        let f = filter("?group=no+such%20group").unwrap_or_else(|e| panic!("{}", e.2));
+        assert_eq!(f.group.as_deref(), Some("no such group"), "+ and %20 are spaces");
+    }
+
+    #[test]
+    fn bad_queries_are_400_naming_the_parameter() {
+        for (bad, named) in [
+            ("?limit=x", "limit"),
+            ("?typo=1", "unknown field `typo`"),
+            ("?since=yesterday", "since"),
+            ("?limit=-1", "limit"),
+        ] {
+            let e = filter(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!((e.0, e.1), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}");
+            assert!(
+                e.2.starts_with("invalid query: ") && e.2.contains(named),
+                "{bad}: {}",
+                e.2
             );
         }
     }

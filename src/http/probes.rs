@@ -80,8 +80,8 @@ pub(crate) fn readiness_answer(mut checks: Map<String, Value>, readiness: &Readi
 
 /// The recorder's metrics and the process's, as Prometheus text.
 pub(crate) fn metrics_answer(handle: &PrometheusHandle) -> Response {
-    let mut text = handle.render();
-    text.push_str(&crate::process_metrics::render());
+    crate::process_metrics::collect();
+    let text = handle.render();
     let mut res = text.into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT));

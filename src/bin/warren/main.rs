@@ -413,32 +413,13 @@ fn fit_to_descriptors(ingress: &warren::config::IngressSettings) -> warren::conf
     ingress
 }
 
-/// A token cancelled on the first SIGINT or SIGTERM; a second one exits at once.
+/// The shutdown token of the long-running commands ([`warren::shutdown::on_signal`]).
 fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down: finishing in-flight events (signal again to exit at once)");
-        cancel.cancel();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::warn!("second signal: exiting; unacked messages will be redelivered");
-        std::process::exit(130);
-    });
-    token
+    warren::shutdown::on_signal().unwrap_or_else(|e| {
+        // The command still runs, but only SIGKILL stops it now: say why.
+        tracing::error!("cannot listen for SIGTERM and SIGINT: {e}");
+        CancellationToken::new()
+    })
 }
 
 async fn publish(
