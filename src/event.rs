@@ -51,7 +51,10 @@
 
 mod object;
 pub mod portable;
+mod reason;
 pub mod timestamp;
+
+pub(crate) use reason::DeadReason;
 
 use std::fmt;
 use std::net::IpAddr;

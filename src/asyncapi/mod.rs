@@ -13,9 +13,8 @@ mod yaml;
 use serde_json::{Map, Value, json};
 
 use crate::config::Settings;
-use crate::consumer::DeadReason;
 use crate::consumer::headers;
-use crate::event::EventType;
+use crate::event::{DeadReason, EventType};
 use crate::topology::{Arg, QueueSpec, Topology};
 
 /// The AMQP bindings version of every binding object here.

@@ -4,8 +4,7 @@ use chrono::{SecondsFormat, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
-use super::policy::DeadReason;
-use crate::event::truncate;
+use crate::event::{DeadReason, truncate};
 
 /// Attempt number of the next delivery (1 = first).
 pub const ATTEMPT: &str = "x-warren-attempt";

@@ -52,8 +52,6 @@ use tracing::{error, info, warn};
 pub use handler::{AnyEventHandler, Context, Handler, HandlerError, LogHandler};
 pub use worker::Limits;
 
-// The values of the x-warren-reason header, for the AsyncAPI document.
-pub(crate) use policy::DeadReason;
 use policy::RetryPolicy;
 use route::{Route, Typed, route_for};
 use worker::WorkerLost;

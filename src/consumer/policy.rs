@@ -3,34 +3,7 @@
 
 use super::handler::HandlerError;
 use super::route::Outcome;
-
-/// Why a message was parked in its `.dead` queue (the `x-warren-reason` header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DeadReason {
-    /// Every retry tier was used.
-    Exhausted,
-    /// The handler said it can never succeed.
-    Permanent,
-    /// The body is not JSON.
-    Malformed,
-    /// JSON, but not a valid envelope of the queue's type.
-    Invalid,
-    /// An event type this consumer has no handler for.
-    Unhandled,
-}
-
-impl DeadReason {
-    /// The header value.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            DeadReason::Exhausted => "exhausted",
-            DeadReason::Permanent => "permanent",
-            DeadReason::Malformed => "malformed",
-            DeadReason::Invalid => "invalid",
-            DeadReason::Unhandled => "unhandled",
-        }
-    }
-}
+use crate::event::DeadReason;
 
 /// What becomes of a delivery: decided once, by [`RetryPolicy::decide`], and
 /// carried as is to the republish and the ack.

@@ -9,8 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::handler::{AnyEventHandler, Context, ForAll, Handler, HandlerError};
-use super::policy::DeadReason;
-use crate::event::{DecodeError, Envelope, Event};
+use crate::event::{DeadReason, DecodeError, Envelope, Event};
 
 /// How processing one body ended.
 #[derive(Debug)]
