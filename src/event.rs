@@ -11,6 +11,10 @@
 //! `event_id`, and the body is checked for what other JSON parsers refuse or
 //! change ([`portable`]: nesting, lone surrogates, numbers, UTF-8).
 //!
+//! The rest of what a message looks like on the wire lives here too: the
+//! `x-warren-*` headers warren puts on retried and parked copies and reads
+//! back ([`headers`]), and the reasons a message is parked.
+//!
 //! # Adding an event type
 //!
 //! One struct and one line. Define the payload and implement [`Event`]:
@@ -49,6 +53,7 @@
 //! checks made in `validate()` are declared with `#[schemars(schema_with =
 //! …)]` using [`crate::schema`]'s patterns where JSON Schema can say them.
 
+pub mod headers;
 mod object;
 pub mod portable;
 mod reason;

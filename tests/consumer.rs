@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use warren::consumer::{Consumer, Context, HandlerError, headers};
+use warren::consumer::{Consumer, Context, HandlerError};
+use warren::event::headers;
 use warren::{Envelope, Publisher, Settings, UserRegistered};
 
 type Seen = Arc<Mutex<Vec<(Uuid, u32, Instant)>>>;

@@ -13,9 +13,9 @@ use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions, Con
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
 use tokio_util::sync::CancellationToken;
-use warren::consumer::headers;
 use warren::consumer::{Consumer, Context, HandlerError};
 use warren::dead::{DeadLetters, Filter, Record, ReplayOptions};
+use warren::event::headers;
 use warren::{Envelope, Settings, UserRegistered};
 
 /// Parks `body` in `queue` with the headers the consumer would have set.

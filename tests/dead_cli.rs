@@ -11,7 +11,7 @@ use std::time::Duration;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use warren::consumer::headers;
+use warren::event::headers;
 
 fn warren(s: &warren::Settings, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));

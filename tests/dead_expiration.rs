@@ -16,8 +16,9 @@ use futures_util::FutureExt as _;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection};
 use tokio_util::sync::CancellationToken;
-use warren::consumer::{Consumer, Context, HandlerError, headers};
+use warren::consumer::{Consumer, Context, HandlerError};
 use warren::dead::{DeadLetters, Filter, Record, ReplayOptions};
+use warren::event::headers;
 use warren::{Envelope, Settings, Topology, UserRegistered};
 
 /// Runs `body`, then deletes the topology whether it passed or not: a

@@ -19,8 +19,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use warren::consumer::headers;
 use warren::event::RawEnvelope;
+use warren::event::headers;
 use warren::http::{AppState, EventSink, router};
 use warren::{PublishError, Settings};
 

@@ -13,7 +13,7 @@ mod yaml;
 use serde_json::{Map, Value, json};
 
 use crate::config::Settings;
-use crate::consumer::headers;
+use crate::event::headers;
 use crate::event::{DeadReason, EventType};
 use crate::topology::{Arg, QueueSpec, Topology};
 

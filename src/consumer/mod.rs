@@ -33,7 +33,6 @@
 
 mod acks;
 mod handler;
-pub mod headers;
 mod pause;
 mod policy;
 mod process;

@@ -13,11 +13,11 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use super::acks::Settlement;
 use super::handler::Context;
-use super::headers::{self, Origin};
 use super::pause::Pause;
 use super::policy::{Fate, RetryPolicy};
 use super::route::{Outcome, Route};
 use super::throttle::Throttle;
+use crate::event::headers::{self, Origin};
 use crate::publisher::{Message, Publisher};
 use crate::topology::Topology;
 

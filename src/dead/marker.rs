@@ -78,7 +78,7 @@ impl Marker {
 
     /// What `props` belong to: a parked message, or a marker.
     pub(crate) async fn classify(&self, conn: &Connection, props: &BasicProperties) -> Seen {
-        let Some(id) = crate::consumer::headers::text(props, HEADER) else {
+        let Some(id) = crate::event::headers::text(props, HEADER) else {
             return Seen::Message;
         };
         if id == self.id {

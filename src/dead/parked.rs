@@ -6,7 +6,7 @@ use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 use serde::Serialize;
 
-use crate::consumer::headers::{self, text};
+use crate::event::headers::{self, text};
 
 /// The `reason` of a message parked by the broker itself (not by warren's
 /// consumer), when its `x-death` header says nothing: it has no

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::parked::Parked;
-use crate::consumer::headers::without_expiration;
+use crate::event::headers::without_expiration;
 
 /// One exported message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -366,7 +366,7 @@ mod tests {
         let (_, p) = serde_json::from_str::<Record>(line).unwrap().to_message().unwrap();
         assert_eq!(p.expiration(), &None);
         assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("m"));
-        let original = crate::consumer::headers::text(&p, crate::consumer::headers::ORIGINAL_EXPIRATION);
+        let original = crate::event::headers::text(&p, crate::event::headers::ORIGINAL_EXPIRATION);
         assert_eq!(original.as_deref(), Some("4000"));
     }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::filter::{Filter, Selector};
 use super::parked::Parked;
 use super::rotate::{Action, Visitor};
-use crate::consumer::headers;
+use crate::event::headers;
 
 /// Default of `--max-replays`: an event replayed this many times is skipped.
 pub const DEFAULT_MAX_REPLAYS: i64 = 5;

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::DeadError;
 use super::marker::{Marker, Seen};
-use crate::consumer::headers::without_expiration;
+use crate::event::headers::without_expiration;
 
 /// Copies waiting for their confirm before their originals are acked.
 ///
@@ -388,7 +388,7 @@ mod tests {
         let c = copy_properties(&p);
         assert_eq!(c.expiration(), &None);
         assert_eq!(c.message_id(), p.message_id());
-        let original = crate::consumer::headers::text(&c, crate::consumer::headers::ORIGINAL_EXPIRATION);
+        let original = crate::event::headers::text(&c, crate::event::headers::ORIGINAL_EXPIRATION);
         assert_eq!(original.as_deref(), Some("4000"));
     }
 }
