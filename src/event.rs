@@ -12,8 +12,9 @@
 //! change ([`portable`]: nesting, lone surrogates, numbers, UTF-8).
 //!
 //! The rest of what a message looks like on the wire lives here too: the
-//! `x-warren-*` headers warren puts on retried and parked copies and reads
-//! back ([`headers`]), and the reasons a message is parked.
+//! AMQP properties every event carries ([`properties`]), the `x-warren-*`
+//! headers warren puts on retried and parked copies and reads back
+//! ([`headers`]), and the reasons a message is parked.
 //!
 //! # Adding an event type
 //!
@@ -56,6 +57,7 @@
 pub mod headers;
 mod object;
 pub mod portable;
+pub mod properties;
 mod reason;
 pub mod timestamp;
 

@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`event`]: the wire contract: [`Envelope`], the [`Event`] trait, the known types.
+//! - [`event`]: the wire contract: [`Envelope`], the [`Event`] trait, the known types,
+//!   the AMQP properties, the `x-warren-*` headers and the dead-letter reasons.
 //! - [`schema`]: the contract's JSON Schema (draft-07), derived from the types.
 //! - [`config`]: layered [`Settings`] (defaults < `warren.toml` < `.env` < environment).
 //! - [`topology`]: exchange, queues and bindings as data: declare, export definitions.

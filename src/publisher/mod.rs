@@ -8,7 +8,8 @@
 //!
 //! One concern per file: the public API here, the publish path in `send`,
 //! the connection's supervision in `supervisor`, the shared confirm
-//! deadlines in `expiry`, errors, wire properties and metrics.
+//! deadlines in `expiry`, errors and metrics. The AMQP properties an event
+//! carries are the wire format's, in [`crate::event::properties`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,6 @@ mod error;
 mod expiry;
 mod health;
 mod metrics;
-mod properties;
 mod send;
 mod supervisor;
 
@@ -32,11 +32,11 @@ use expiry::Expiries;
 use health::Health;
 use metrics::PublishMetrics;
 pub use metrics::outcome as metric_outcome;
-pub use properties::event_properties;
 use send::Destination;
 use supervisor::{Link, Target, supervise};
 
 use crate::config::Settings;
+use crate::event::properties::event_properties;
 use crate::event::{Envelope, Event, RawEnvelope};
 use crate::refusal::Refusal;
 

@@ -25,8 +25,8 @@ use super::load::{Payload, Quota, Recorder};
 use super::progress::Progress;
 use super::{BenchError, Plan};
 use warren::amqp::describe;
+use warren::event::properties::event_properties;
 use warren::event::{Envelope, Event, UserRegistered};
-use warren::publisher::event_properties;
 
 /// One baseline run on `arena`'s queues.
 ///

@@ -29,8 +29,8 @@ use super::figures::Raw;
 use super::load::{Payload, Quota, Recorder};
 use super::progress::Progress;
 use super::{BenchError, Plan};
+use warren::event::properties::event_properties;
 use warren::event::{Envelope, Event, UserRegistered};
-use warren::publisher::event_properties;
 
 /// The lean consumer's `basic.qos`.
 pub const PREFETCH: u16 = 512;
