@@ -44,8 +44,9 @@ use crate::consumer::{AnyEventHandler, Context, HandlerError};
 use crate::event::{Envelope, Event};
 use response::root_cause;
 
-/// Header carrying the attempt number (1 for the first delivery).
-pub const ATTEMPT_HEADER: &str = "x-warren-attempt";
+/// Header carrying the attempt number (1 for the first delivery): the same
+/// name as the AMQP header the attempt is read from.
+pub const ATTEMPT_HEADER: &str = crate::event::headers::ATTEMPT;
 
 /// Why a [`WebhookHandler`] cannot be built. Messages never contain the
 /// secret or a URL password.

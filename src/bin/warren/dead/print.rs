@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::bail;
 use chrono::{DateTime, SecondsFormat, Utc};
 use warren::dead::{Group, Parked, PurgeReport, Record, ReplayReport};
+use warren::event::headers;
 
 use crate::terminal;
 
@@ -78,13 +79,13 @@ pub fn record(r: &Record) -> anyhow::Result<()> {
     println!("queue:  {}", terminal::text(&r.queue));
     println!(
         "origin: published to exchange \"{}\" with routing key \"{}\"; parked by {} after {} attempts ({}: {})",
-        s("x-warren-original-exchange"),
-        s("x-warren-original-routing-key"),
-        s("x-warren-queue"),
-        h.get("x-warren-attempts")
+        s(headers::ORIGINAL_EXCHANGE),
+        s(headers::ORIGINAL_ROUTING_KEY),
+        s(headers::QUEUE),
+        h.get(headers::ATTEMPTS)
             .map_or_else(|| "?".to_owned(), |a| terminal::text(&a.to_string()).into_owned()),
-        s("x-warren-reason"),
-        s("x-warren-error"),
+        s(headers::REASON),
+        s(headers::ERROR),
     );
     println!("{}", terminal::json(serde_json::to_string_pretty(r)?));
     Ok(())
