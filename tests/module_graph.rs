@@ -120,3 +120,60 @@ fn every_layer_names_a_module_that_exists() {
         );
     }
 }
+
+/// The wire format (properties, `x-warren-*` headers, dead-letter reasons)
+/// lives in `event`: the modules that read parked messages take it from
+/// there, not from the consumer that writes them.
+#[test]
+fn dead_and_asyncapi_read_the_wire_format_from_event() {
+    let graph = graph();
+    for module in ["dead", "asyncapi"] {
+        assert!(graph[module].contains("event"), "{module}: {:?}", graph[module]);
+        assert!(
+            !graph[module].contains("consumer"),
+            "{module} uses consumer; the wire format is in event: {:?}",
+            graph[module]
+        );
+    }
+}
+
+/// Non-test lines under `path` (a file's `mod tests` and what follows it
+/// left out, comments too) that spell an `x-warren-*` name.
+fn wire_literals(path: &Path, found: &mut Vec<String>) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).expect("reading src/") {
+            wire_literals(&entry.expect("dir entry").path(), found);
+        }
+        return;
+    }
+    if path.extension().is_none_or(|e| e != "rs") {
+        return;
+    }
+    let text = std::fs::read_to_string(path).expect("reading a source file");
+    let code = text.lines().take_while(|l| !l.trim_start().starts_with("mod tests"));
+    for (n, line) in code.enumerate() {
+        if !line.trim_start().starts_with("//") && line.contains("\"x-warren-") {
+            found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+        }
+    }
+}
+
+#[test]
+fn the_x_warren_header_names_are_spelt_only_in_event() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&src).expect("reading src/") {
+        let path = entry.expect("dir entry").path();
+        if path.file_stem().is_some_and(|s| s != "event") {
+            wire_literals(&path, &mut found);
+        }
+    }
+    let mut in_event = Vec::new();
+    wire_literals(&src.join("event"), &mut in_event);
+    assert!(!in_event.is_empty(), "the scan finds the names where they are");
+    assert!(
+        found.is_empty(),
+        "use warren::event::headers' constants:\n{}",
+        found.join("\n")
+    );
+}
