@@ -260,21 +260,7 @@ fn mask_byte_lists(text: &str, secret: &[u8], anywhere: bool) -> Option<String> 
             }
         }
     }
-    if spans.is_empty() {
-        return None;
-    }
-    spans.sort_unstable();
-    let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    for (start, end) in spans {
-        if start >= at {
-            out.push_str(&text[at..start]);
-            out.push_str(MASK);
-            at = end;
-        }
-    }
-    out.push_str(&text[at..]);
-    Some(out)
+    contexts::replace_spans(text, spans)
 }
 
 /// Byte spans of the alphanumeric words of `text`.

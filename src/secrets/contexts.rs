@@ -109,7 +109,7 @@ fn after_secret_key(head: &str) -> bool {
 
 /// `text` with each span (byte ranges, maybe overlapping) replaced by
 /// [`MASK`]; `None` without spans.
-fn replace_spans(text: &str, mut spans: Vec<(usize, usize)>) -> Option<String> {
+pub(super) fn replace_spans(text: &str, mut spans: Vec<(usize, usize)>) -> Option<String> {
     if spans.is_empty() {
         return None;
     }
