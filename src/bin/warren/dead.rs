@@ -3,10 +3,10 @@
 
 mod print;
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use tokio_util::sync::CancellationToken;
 use warren::Settings;
 use warren::dead::{DeadLetters, FileSink, Filter, Parked, Record, ReplayOptions, parse_time, read_export};
@@ -247,17 +247,11 @@ async fn confirm_purge(dead: &DeadLetters, filter: &Filter, export: Option<&Path
         || "removed for good (pass --export FILE to keep a copy)".to_owned(),
         |p| format!("written to {} and removed", p.display()),
     );
-    eprint!(
+    terminal::ask_yes(&format!(
         "{} parked events of {} will be {fate}. Type yes to continue: ",
         selected.len(),
         queue_names(dead)
-    );
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .context("reading the answer")?;
-    Ok(answer.trim() == "yes")
+    ))
 }
 
 fn print_parked(found: &[Parked], json: bool) {

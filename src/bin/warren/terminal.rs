@@ -3,7 +3,8 @@
 //! controls that text: raw, an escape sequence could clear the screen or
 //! recolour it, and a newline could forge a line of a table. Every line a
 //! person reads goes through [`text`]; JSON lines go through [`json`], which
-//! keeps them the same JSON.
+//! keeps them the same JSON. [`ask_yes`] asks the operator before a
+//! command removes something.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -60,6 +61,23 @@ pub fn json(s: String) -> String {
         }
     }
     out
+}
+
+/// Writes `prompt` to stderr and reads a line from stdin: `true` only for `yes`.
+///
+/// # Errors
+///
+/// stdin cannot be read.
+pub fn ask_yes(prompt: &str) -> anyhow::Result<bool> {
+    use anyhow::Context as _;
+    use std::io::BufRead as _;
+    eprint!("{prompt}");
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(answer.trim() == "yes")
 }
 
 #[cfg(test)]

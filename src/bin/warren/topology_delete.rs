@@ -2,7 +2,7 @@
 //! with `--exchange`), after a confirmation typed on the terminal, and never
 //! a queue holding messages without `--force`.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 
 use anyhow::{Context, bail};
 use warren::topology::{DeleteError, DeleteOptions, QueueState};
@@ -94,11 +94,5 @@ fn confirm(topology: &Topology, existing: &[&QueueState], exchange: bool) -> any
     if exchange {
         eprintln!("  exchange {}", terminal::text(&topology.exchange));
     }
-    eprint!("Type yes to continue: ");
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .context("reading the answer")?;
-    Ok(answer.trim() == "yes")
+    terminal::ask_yes("Type yes to continue: ")
 }
