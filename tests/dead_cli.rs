@@ -199,14 +199,7 @@ async fn a_replay_killed_at_a_random_point_then_rerun_loses_nothing() {
         assert!(started.elapsed() < Duration::from_secs(20), "the replay never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let jitter = uuid::Uuid::now_v7().as_u128() as u64 % 300;
-    tokio::time::sleep(Duration::from_millis(jitter)).await;
-    let killed = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    child.wait().unwrap();
+    kill_within(&mut child, 300).await;
     let moved_before = support::ready(&ch, &work).await;
     assert!(moved_before < 3000, "killed before the end ({moved_before} moved)");
 
@@ -261,6 +254,15 @@ fn the_ingress_refuses_an_export_dir_that_is_not_a_directory() {
         stderr.contains("dead.export_dir") && stderr.contains("is not a directory"),
         "{stderr}"
     );
+}
+
+/// SIGKILLs `child` after a delay of up to `max_ms` that differs per run,
+/// so the kill lands at a different point of its work each time.
+async fn kill_within(child: &mut std::process::Child, max_ms: u64) {
+    let jitter = uuid::Uuid::now_v7().as_u128() as u64 % max_ms;
+    tokio::time::sleep(Duration::from_millis(jitter)).await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
 }
 
 /// A port nobody listens on now.
@@ -324,14 +326,7 @@ async fn an_http_purge_killed_half_way_leaves_each_event_parked_or_in_its_export
         assert!(started.elapsed() < Duration::from_secs(30), "the purge never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let jitter = uuid::Uuid::now_v7().as_u128() as u64 % 200;
-    tokio::time::sleep(Duration::from_millis(jitter)).await;
-    let killed = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    child.wait().unwrap();
+    kill_within(&mut child, 200).await;
 
     let files: Vec<_> = std::fs::read_dir(&exports)
         .map(|d| d.map(|e| e.unwrap().path()).collect())
