@@ -16,12 +16,15 @@
 //! mixed characters, see [`distinctive`]) is also masked wherever it appears.
 
 mod contexts;
+mod stderr;
 
 use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+
+pub use stderr::ScrubbedStderr;
 
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
