@@ -18,7 +18,8 @@ use crate::config::IngressSettings;
 /// The `Host` names a request may use (`ingress.allowed_hosts`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Hosts {
-    /// Lower case, each with its port if it names one (then only that port).
+    /// Each with its port if it names one (then only that port); names
+    /// compare without case.
     names: Vec<(String, Option<String>)>,
     /// No list and not on loopback: any name (the token guards `/dead` there).
     any: bool,
@@ -33,7 +34,14 @@ impl Hosts {
     pub(crate) fn new(settings: &IngressSettings) -> Self {
         let configured = !settings.allowed_hosts.is_empty();
         let loopback = settings.listen.ip().is_loopback();
-        let mut names: Vec<_> = settings.allowed_hosts.iter().map(|h| split_port(h)).collect();
+        let mut names: Vec<(String, Option<String>)> = settings
+            .allowed_hosts
+            .iter()
+            .map(|h| {
+                let (name, port) = split_port(h);
+                (name.to_owned(), port.map(str::to_owned))
+            })
+            .collect();
         if !configured && loopback {
             let own = match settings.listen.ip() {
                 std::net::IpAddr::V4(ip) => ip.to_string(),
@@ -54,23 +62,23 @@ impl Hosts {
         if self.any {
             return true;
         }
+        // Borrowed and compared without case: this runs on every /events request.
         let (name, port) = split_port(host);
         self.names
             .iter()
-            .any(|(n, p)| *n == name && (p.is_none() || *p == port))
+            .any(|(n, p)| n.eq_ignore_ascii_case(name) && p.as_deref().is_none_or(|p| Some(p) == port))
     }
 }
 
-/// `name:port` as the lower-case name and the port; an IPv6 name keeps
-/// its brackets.
-fn split_port(host: &str) -> (String, Option<String>) {
-    let host = host.trim().to_ascii_lowercase();
+/// `name:port` as the name and the port; an IPv6 name keeps its brackets.
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    let host = host.trim();
     let colon = match host.rfind(']') {
         Some(end) => host[end..].find(':').map(|i| end + i),
         None => host.find(':'),
     };
     match colon {
-        Some(i) => (host[..i].to_owned(), Some(host[i + 1..].to_owned())),
+        Some(i) => (&host[..i], Some(&host[i + 1..])),
         None => (host, None),
     }
 }
